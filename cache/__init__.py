@@ -1,0 +1,25 @@
+"""The feature cache: fingerprinted namespaces of HDF5 shards (see docs/ARCHITECTURE.md).
+
+Reader API for stage two::
+
+    from cache import FeatureCache
+    ns = FeatureCache(config.cache_dir).find("3fa2")     # or .get(settings) / .namespaces()
+    feats = ns.load()          # Features: keys, paths, audio (n, clips, d) fp16, masks, meta
+"""
+
+from cache.keys import content_key, partition_of
+from cache.namespace import CacheError, Failure, FeatureCache, Features, Namespace, fingerprint
+from cache.shards import DamagedShard, Row
+
+__all__ = [
+    "CacheError",
+    "DamagedShard",
+    "Failure",
+    "FeatureCache",
+    "Features",
+    "Namespace",
+    "Row",
+    "content_key",
+    "fingerprint",
+    "partition_of",
+]

@@ -1,0 +1,350 @@
+"""The feature cache on disk: one namespace per extractor fingerprint.
+
+    <cache>/<fingerprint[:16]>/
+        settings.json          resolved extractor settings + full fingerprint (written once)
+        shards/*.h5            committed shards (temp files start with ".tmp-")
+        failures.jsonl         one line per failed item: path, key, reason, time (append-only)
+        locks/                 one lock file per partition being extracted
+        quarantine/            damaged shards moved aside by a reader (never deleted)
+
+Nothing here deletes or overwrites a committed shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cache.shards import TMP_PREFIX, DamagedShard, Row, ShardData, read_keys, read_shard, write_shard
+from pipeline.errors import MvbindError
+
+log = logging.getLogger(__name__)
+NAMESPACE_SCHEMA = 1
+
+
+def fingerprint(settings: dict) -> str:
+    """sha256 of the canonical JSON of everything that changes an embedding."""
+    blob = json.dumps({"namespace_schema": NAMESPACE_SCHEMA, **settings}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class CacheError(MvbindError):
+    """The cache can't be used as asked (missing namespace, lock held, ...)."""
+
+
+@dataclass
+class Failure:
+    path: str
+    reason: str
+    key: str = ""
+    time: float = 0.0
+
+
+@dataclass
+class Features:
+    """Everything stage two needs, row-aligned. Strings are numpy object arrays ("" = absent)."""
+
+    keys: np.ndarray
+    paths: np.ndarray
+    audio: np.ndarray  # (n, audio_clips, dim) float16
+    audio_mask: np.ndarray
+    video: np.ndarray  # (n, video_clips, dim) float16
+    video_mask: np.ndarray
+    duration: np.ndarray
+    ids: np.ndarray
+    music_ids: np.ndarray
+    splits: np.ndarray
+    shard_of: np.ndarray = field(default_factory=lambda: np.zeros(0, object))  # shard file of each row
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def subset(self, index: np.ndarray) -> Features:
+        return Features(**{k: getattr(self, k)[index] for k in self.__dataclass_fields__})
+
+
+class Namespace:
+    """One fingerprint's directory: shards, settings, failure log, locks."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.shard_dir = self.root / "shards"
+        self.failure_log = self.root / "failures.jsonl"
+        try:
+            meta = json.loads((self.root / "settings.json").read_text())
+        except (OSError, ValueError) as err:
+            raise CacheError(f"{self.root}/settings.json: unreadable ({err}); not an mvbind cache namespace") from None
+        self.fingerprint: str = meta["fingerprint"]
+        self.settings: dict = meta["settings"]
+        self.created: float = meta.get("created", 0.0)
+
+    def __repr__(self) -> str:
+        return f"Namespace({self.fingerprint[:16]}, {self.root})"
+
+    @property
+    def audio_shape(self) -> tuple[int, int]:
+        return tuple(self.settings["shapes"]["audio"])
+
+    @property
+    def video_shape(self) -> tuple[int, int]:
+        return tuple(self.settings["shapes"]["video"])
+
+    # -- shards ---------------------------------------------------------------------------
+    def shard_paths(self) -> list[Path]:
+        if not self.shard_dir.exists():
+            return []
+        return sorted(p for p in self.shard_dir.glob("*.h5") if not p.name.startswith(TMP_PREFIX))
+
+    def quarantine(self, path: Path, reason: str) -> None:
+        """Move a damaged shard aside (never deleted) and say so."""
+        dest_dir = self.root / "quarantine"
+        dest_dir.mkdir(exist_ok=True)
+        dest = dest_dir / path.name
+        with contextlib.suppress(OSError):
+            os.replace(path, dest)
+            (dest_dir / (path.name + ".reason")).write_text(reason + "\n")
+        log.warning("damaged shard %s: %s; moved to %s", path, reason, dest)
+
+    def committed_keys(self) -> set[str]:
+        keys: set[str] = set()
+        for path in self.shard_paths():
+            try:
+                keys.update(read_keys(path))
+            except DamagedShard as err:
+                self.quarantine(path, str(err))
+        return keys
+
+    def iter_shards(self) -> Iterator[tuple[Path, ShardData]]:
+        for path in self.shard_paths():
+            try:
+                yield path, read_shard(path)
+            except DamagedShard as err:
+                self.quarantine(path, str(err))
+
+    def write_shard(self, rows: list[Row], *, partition: int = 0, num_partitions: int = 1) -> Path:
+        """Commit rows as one new shard (atomic; a new unique file name, never an overwrite)."""
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{_shard_prefix(partition, num_partitions)}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.h5"
+        return write_shard(
+            self.shard_dir,
+            name,
+            rows,
+            audio_shape=self.audio_shape,
+            video_shape=self.video_shape,
+            attrs={"fingerprint": self.fingerprint, "partition": partition, "num_partitions": num_partitions},
+        )
+
+    def clean_temp_files(self, partition: int, num_partitions: int) -> int:
+        """Remove temp files of this partition left by a crashed writer (never committed data).
+
+        Call only while holding the partition's lock: then no live writer owns them.
+        """
+        removed = 0
+        if self.shard_dir.exists():
+            tag = f"-{_shard_prefix(partition, num_partitions)}-"
+            for p in self.shard_dir.glob(TMP_PREFIX + "*"):
+                if tag in p.name:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                        removed += 1
+        return removed
+
+    # -- reading for stage two ------------------------------------------------------------
+    def load(self) -> Features:
+        """All committed items, one row per key (a key cached twice keeps its first copy)."""
+        parts: list[ShardData] = []
+        names: list[np.ndarray] = []
+        for path, data in self.iter_shards():
+            parts.append(data)
+            names.append(np.full(len(data), path.name, dtype=object))
+        a, v = self.audio_shape, self.video_shape
+        if not parts:
+            empty = np.zeros(0, object)
+            return Features(empty, empty, np.zeros((0, *a), np.float16), np.zeros(0, bool),
+                            np.zeros((0, *v), np.float16), np.zeros(0, bool), np.zeros(0, np.float32),
+                            empty, empty, empty, empty)
+        feats = Features(
+            keys=np.concatenate([p.keys for p in parts]),
+            paths=np.array([q for p in parts for q in p.paths], dtype=object),
+            audio=np.concatenate([p.audio for p in parts]),
+            audio_mask=np.concatenate([p.audio_mask for p in parts]),
+            video=np.concatenate([p.video for p in parts]),
+            video_mask=np.concatenate([p.video_mask for p in parts]),
+            duration=np.concatenate([p.duration for p in parts]),
+            ids=np.concatenate([p.meta["id"] for p in parts]),
+            music_ids=np.concatenate([p.meta["music_id"] for p in parts]),
+            splits=np.concatenate([p.meta["split"] for p in parts]),
+            shard_of=np.concatenate(names),
+        )
+        _, first = np.unique(feats.keys.astype(str), return_index=True)
+        if len(first) != len(feats):
+            feats = feats.subset(np.sort(first))
+        return feats
+
+    # -- failures -------------------------------------------------------------------------
+    def record_failure(self, path: str, reason: str, key: str = "") -> None:
+        """Append one line; a single O_APPEND write, so concurrent workers don't interleave."""
+        self._append({"path": _display(path), "raw_path": _raw(path), "key": key,
+                      "reason": reason.splitlines()[0] if reason else "unknown error"})
+
+    def record_resolved(self, path: str, key: str) -> None:
+        """A previously failed path was extracted after all (e.g. by --retry-failed)."""
+        self._append({"path": _display(path), "raw_path": _raw(path), "key": key, "resolved": True})
+
+    def _append(self, record: dict) -> None:
+        record["time"] = round(time.time(), 3)
+        line = json.dumps(record, ensure_ascii=True) + "\n"
+        fd = os.open(self.failure_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def failures(self) -> list[Failure]:
+        """The latest failure of each path that has not been resolved since."""
+        if not self.failure_log.exists():
+            return []
+        latest: dict[str, Failure] = {}
+        for line in self.failure_log.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a crash: ignore it
+            path = os.fsdecode(bytes.fromhex(rec["raw_path"])) if rec.get("raw_path") else rec["path"]
+            if rec.get("resolved"):
+                latest.pop(path, None)
+            else:
+                latest[path] = Failure(path, rec.get("reason", ""), rec.get("key", ""), rec.get("time", 0.0))
+        return list(latest.values())
+
+    # -- locking --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, partition: int, num_partitions: int) -> Iterator[None]:
+        """Exclusive lock for one partition; workers on different partitions run side by side."""
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(exist_ok=True)
+        path = lock_dir / f"partition-{partition}-of-{num_partitions}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                raise CacheError(
+                    f"{path}: another extract is writing partition {partition} of {num_partitions} "
+                    f"({holder or 'pid unknown'}); wait for it or use a different --shard-index"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock; the kernel also releases it if we are killed
+
+    # -- summary --------------------------------------------------------------------------
+    def info(self) -> dict:
+        shards = self.shard_paths()
+        items = with_audio = 0
+        for path in shards:
+            try:
+                import h5py
+
+                with h5py.File(path, "r") as f:
+                    items += int(f.attrs["n_items"])
+                    with_audio += int(f["audio_mask"][:].sum())
+            except Exception:  # noqa: BLE001 - info must not crash on a damaged shard
+                continue
+        size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        return {
+            "fingerprint": self.fingerprint,
+            "path": str(self.root),
+            "created": self.created,
+            "shards": len(shards),
+            "items": items,
+            "items_without_audio": items - with_audio,
+            "failures": len(self.failures()),
+            "bytes": size,
+            "settings": self.settings,
+        }
+
+
+def _shard_prefix(partition: int, num_partitions: int) -> str:
+    return f"p{partition:05d}of{num_partitions:05d}"
+
+
+def _raw(path: str) -> str:
+    return os.fsencode(path).hex()
+
+
+def _display(path: str) -> str:
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+class FeatureCache:
+    """The cache root: a directory of namespaces."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def namespaces(self) -> list[Namespace]:
+        if not self.root.exists():
+            return []
+        out = []
+        for d in sorted(self.root.iterdir()):
+            if (d / "settings.json").exists():
+                try:
+                    out.append(Namespace(d))
+                except CacheError as err:
+                    log.warning("%s", err)
+        return out
+
+    def create(self, settings: dict) -> Namespace:
+        """The namespace for these extractor settings, created on first use."""
+        fp = fingerprint(settings)
+        root = self.root / fp[:16]
+        meta_path = root / "settings.json"
+        if not meta_path.exists():
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = root / f".settings-{uuid.uuid4().hex[:8]}.json"
+            tmp.write_text(json.dumps({"fingerprint": fp, "created": time.time(), "settings": settings}, indent=2))
+            try:
+                os.link(tmp, meta_path)  # atomic create-if-absent: concurrent creators agree
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        ns = Namespace(root)
+        if ns.fingerprint != fp:
+            raise CacheError(f"{meta_path}: fingerprint {ns.fingerprint[:16]}… does not match its directory; "
+                             "move the directory aside")
+        return ns
+
+    def find(self, prefix: str) -> Namespace:
+        """The namespace whose fingerprint starts with `prefix`."""
+        found = [ns for ns in self.namespaces() if ns.fingerprint.startswith(prefix)]
+        if len(found) == 1:
+            return found[0]
+        known = ", ".join(ns.fingerprint[:16] for ns in self.namespaces()) or "none"
+        if not found:
+            raise CacheError(f"no cache namespace matches '{prefix}' in {self.root} (namespaces: {known}); "
+                             "run `cli.py extract` first or check paths.cache")
+        raise CacheError(f"'{prefix}' matches {len(found)} namespaces in {self.root}; give more digits ({known})")
+
+    def get(self, settings: dict) -> Namespace:
+        """The existing namespace for these settings, or a one-line error saying how to make it."""
+        fp = fingerprint(settings)
+        root = self.root / fp[:16]
+        if not (root / "settings.json").exists():
+            raise CacheError(f"no cache namespace for these extractor settings ({fp[:16]}) in {self.root}; "
+                             "run `cli.py extract` with the same settings first")
+        return Namespace(root)

@@ -1,0 +1,1 @@
+"""mvbind library: media decoding, ImageBind inputs and encoders, settings."""

@@ -1,0 +1,79 @@
+"""`cli.py cache info`: what the feature cache holds (namespaces, settings, items, failures, bytes)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from cache import FeatureCache
+from pipeline.cliutil import config_options, one_line_errors, resolve_config
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def cache_info(cache_dir, prefix: str | None = None) -> list[dict]:
+    """One dict per namespace (all, or those whose fingerprint starts with `prefix`)."""
+    cache = FeatureCache(cache_dir)
+    spaces = [cache.find(prefix)] if prefix else cache.namespaces()
+    return [ns.info() for ns in spaces]
+
+
+def format_info(infos: list[dict], cache_dir, verbose: bool = False) -> list[str]:
+    if not infos:
+        return [f"{cache_dir}: no namespaces yet (run `cli.py extract`)"]
+    lines = [f"cache {cache_dir}: {len(infos)} namespace(s)"]
+    for info in infos:
+        s = info["settings"]
+        enc = s.get("encoder", {})
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(info["created"]))
+        lines.append(
+            f"{info['fingerprint'][:16]}  {enc.get('name', '?')}/{enc.get('arch', '?')} weights={enc.get('weights', '?')}  "
+            f"items={info['items']} (no audio {info['items_without_audio']})  failures={info['failures']}  "
+            f"shards={info['shards']}  {human_bytes(info['bytes'])}  created {created}"
+        )
+        a, v = s.get("audio", {}), s.get("video", {})
+        shapes = s.get("shapes", {})
+        lines.append(
+            f"    audio: {a.get('clips_per_video')}×{a.get('clip_duration')}s @ {a.get('sample_rate')} Hz, "
+            f"{a.get('num_mel_bins')} mels × {a.get('target_length')}  → {shapes.get('audio')}"
+        )
+        lines.append(
+            f"    video: {v.get('clips_per_video')}×{v.get('clip_duration')}s, {v.get('frames_per_clip')} frames, "
+            f"{v.get('size')}px × {v.get('crops')} crops, borders {'removed' if v.get('remove_borders') else 'kept'}"
+            f"  → {shapes.get('video')}"
+        )
+        lines.append(f"    path: {info['path']}")
+        if verbose:
+            lines.extend("    " + ln for ln in json.dumps(s, indent=2).splitlines())
+    return lines
+
+
+@click.group()
+def cache_group() -> None:
+    """Inspect the feature cache."""
+
+
+@cache_group.command("info")
+@click.argument("prefix", required=False)
+@config_options
+@click.option("--cache-dir", help="Feature cache directory (paths.cache).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every resolved setting.")
+@one_line_errors
+def info_command(prefix, config_path, sets, cache_dir, as_json, verbose):
+    """Namespaces in the cache (optionally only the one matching fingerprint PREFIX)."""
+    config = resolve_config(config_path, sets, {"paths.cache": cache_dir})
+    infos = cache_info(config.cache_dir, prefix)
+    if as_json:
+        click.echo(json.dumps(infos, indent=2))
+    else:
+        for line in format_info(infos, config.cache_dir, verbose):
+            click.echo(line)

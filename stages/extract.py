@@ -1,0 +1,273 @@
+"""Stage one: decode media, run the frozen encoders once, commit per-clip embeddings to the cache.
+
+Worker processes (a torch DataLoader) hash and decode files and build the encoder inputs
+while the main process runs the model and commits shards, so decoding overlaps inference.
+Resume is by content key: items already committed in the namespace are never decoded again.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from cache import FeatureCache, Namespace, Row, content_key, partition_of
+from pipeline.cliutil import config_options, one_line_errors, resolve_config
+from pipeline.config import Config
+from pipeline.encoders import Prepared, extractor_settings, make_embedder, make_preparer
+from pipeline.inputs import VIDEO_EXTENSIONS, InputItem, list_inputs
+
+# Outcomes of the worker step.
+OK, CACHED, ELSEWHERE, FAILED = "ok", "cached", "other partition", "failed"
+
+
+@dataclass
+class Work:
+    """What a worker hands back for one input."""
+
+    index: int
+    status: str
+    key: str = ""
+    reason: str = ""
+    prepared: Prepared | None = None
+    decode_seconds: float = 0.0
+
+
+class PrepareDataset(Dataset):
+    """Map-style dataset over input items: hash, check the cache, decode, prepare (in workers)."""
+
+    def __init__(self, items: list[InputItem], preparer, committed: frozenset[str],
+                 num_partitions: int, partition: int, require: tuple[str, ...]):
+        self.items = items
+        self.preparer = preparer
+        self.committed = committed
+        self.num_partitions = num_partitions
+        self.partition = partition
+        self.require = require
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Work:
+        path = self.items[index].path
+        t0 = time.perf_counter()
+        try:
+            key = content_key(path)
+        except FileNotFoundError:
+            return Work(index, FAILED, reason="file not found (moved or deleted before it was read)")
+        except IsADirectoryError:
+            return Work(index, FAILED, reason="is a directory, not a media file")
+        except OSError as err:
+            return Work(index, FAILED, reason=f"unreadable ({err.strerror or err})")
+        if partition_of(key, self.num_partitions) != self.partition:
+            return Work(index, ELSEWHERE, key=key)
+        if key in self.committed:
+            return Work(index, CACHED, key=key)
+        try:
+            prepared = self.preparer(path)
+        except Exception as err:  # noqa: BLE001 - one bad file must never stop the run
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            return Work(index, FAILED, key=key, reason=f"{type(err).__name__}: {reason}")
+        missing = [m for m in self.require if getattr(prepared, m) is None]
+        if missing:
+            why = getattr(prepared, f"{missing[0]}_reason") or f"no {missing[0]}"
+            return Work(index, FAILED, key=key, reason=why)
+        if prepared.audio is None and prepared.video is None:
+            return Work(index, FAILED, key=key, reason=prepared.video_reason or prepared.audio_reason)
+        return Work(index, OK, key=key, prepared=prepared, decode_seconds=time.perf_counter() - t0)
+
+
+@dataclass
+class ExtractSummary:
+    namespace: str
+    cache_dir: str
+    inputs: int = 0
+    extracted: int = 0
+    reused: int = 0  # already in the cache (same content key)
+    duplicates: int = 0  # same content as another input of this run
+    other_partition: int = 0
+    skipped_failed: int = 0  # failed in an earlier run; retry with --retry-failed
+    without_audio: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    decode_seconds: float = 0.0  # summed over workers
+    infer_seconds: float = 0.0
+    write_seconds: float = 0.0
+
+    @property
+    def videos_per_second(self) -> float:
+        return self.extracted / self.seconds if self.seconds else 0.0
+
+    def lines(self) -> list[str]:
+        out = [
+            f"namespace {self.namespace[:16]} in {self.cache_dir}",
+            f"inputs {self.inputs}: extracted {self.extracted}, reused from cache {self.reused}, "
+            f"duplicate content {self.duplicates}, failed {len(self.failed)}"
+            + (f", other partitions {self.other_partition}" if self.other_partition else "")
+            + (f", skipped earlier failures {self.skipped_failed} (--retry-failed)" if self.skipped_failed else ""),
+            f"time {self.seconds:.1f}s ({self.videos_per_second:.2f} videos/s); decode {self.decode_seconds:.1f}s "
+            f"(worker total), infer {self.infer_seconds:.1f}s, write {self.write_seconds:.1f}s; "
+            f"{len(self.shards)} shard(s) committed",
+        ]
+        if self.without_audio:
+            out.append(f"{self.without_audio} item(s) have no audio: video embeddings stored, audio marked missing")
+        if self.failed:
+            counts = collections.Counter(reason for _, reason in self.failed)
+            out.append("failures by reason: " + "; ".join(f"{n}× {r}" for r, n in counts.most_common(5)))
+            for path, reason in self.failed[:10]:
+                out.append(f"  failed: {os.fsencode(path).decode('utf-8', 'backslashreplace')}: {reason}")
+            if len(self.failed) > 10:
+                out.append(f"  … {len(self.failed) - 10} more in the namespace's failures.jsonl")
+        return out
+
+
+class ShardBuffer:
+    """Rows waiting to be committed; commits every `size` rows or `seconds` seconds."""
+
+    def __init__(self, ns: Namespace, config: Config, summary: ExtractSummary):
+        self.ns, self.summary = ns, summary
+        self.size, self.seconds = config.extract.shard_size, config.extract.shard_seconds
+        self.partition, self.num_partitions = config.extract.shard_index, config.extract.num_shards
+        self.rows: list[Row] = []
+        self.last_commit = time.monotonic()
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.size or time.monotonic() - self.last_commit >= self.seconds:
+            self.commit()
+
+    def commit(self) -> None:
+        if self.rows:
+            t0 = time.perf_counter()
+            path = self.ns.write_shard(self.rows, partition=self.partition, num_partitions=self.num_partitions)
+            self.summary.write_seconds += time.perf_counter() - t0
+            self.summary.shards.append(path.name)
+            self.rows = []
+        self.last_commit = time.monotonic()
+
+
+def extract(
+    config: Config,
+    source: str | Path | list[InputItem],
+    *,
+    require: tuple[str, ...] = ("video",),
+    extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
+    progress: bool = True,
+) -> ExtractSummary:
+    """Extract every input into the namespace of `config`'s extractor settings; returns the summary."""
+    t_start = time.perf_counter()
+    items = list(source) if isinstance(source, list) else list_inputs(source, extensions)
+    settings = extractor_settings(config, download=True, progress=progress)
+    ns = FeatureCache(config.cache_dir).create(settings)
+    ext = config.extract
+    summary = ExtractSummary(namespace=ns.fingerprint, cache_dir=str(config.cache_dir), inputs=len(items))
+    with ns.lock(ext.shard_index, ext.num_shards):
+        ns.clean_temp_files(partition=ext.shard_index, num_partitions=ext.num_shards)
+        committed = frozenset(ns.committed_keys())
+        earlier_failures = {f.path for f in ns.failures()}
+        if not ext.retry_failed:
+            todo = [it for it in items if it.path not in earlier_failures]
+            summary.skipped_failed = len(items) - len(todo)
+        else:
+            todo = items
+        if not todo:
+            summary.seconds = time.perf_counter() - t_start
+            return summary
+        embedder = make_embedder(config, progress=progress)
+        dataset = PrepareDataset(todo, make_preparer(config), committed, ext.num_shards, ext.shard_index, require)
+        loader = DataLoader(
+            dataset,
+            batch_size=None,
+            shuffle=False,
+            num_workers=ext.workers,
+            prefetch_factor=ext.prefetch if ext.workers else None,
+            pin_memory=embedder.device.type == "cuda",
+            collate_fn=_identity,
+            in_order=False,  # a slow file must not hold up the ones behind it
+        )
+        buffer = ShardBuffer(ns, config, summary)
+        seen: set[str] = set()
+        batch: list[Work] = []
+        bar = tqdm(total=len(todo), unit="video", desc="extract", disable=not progress, dynamic_ncols=True)
+        for work in loader:
+            bar.update(1)
+            item = todo[work.index]
+            if work.status == ELSEWHERE:
+                summary.other_partition += 1
+            elif work.status == CACHED:
+                summary.reused += 1
+            elif work.status == FAILED:
+                ns.record_failure(item.path, work.reason, work.key)
+                summary.failed.append((item.path, work.reason))
+            elif work.key in seen:
+                summary.duplicates += 1
+            else:
+                seen.add(work.key)
+                summary.decode_seconds += work.decode_seconds
+                batch.append(work)
+                if len(batch) >= config.encoder.batch_size:
+                    _embed_batch(embedder, batch, todo, buffer, summary, earlier_failures)
+                    batch = []
+            bar.set_postfix(ok=summary.extracted + len(batch), cached=summary.reused, failed=len(summary.failed),
+                            refresh=False)
+        if batch:
+            _embed_batch(embedder, batch, todo, buffer, summary, earlier_failures)
+        buffer.commit()
+        bar.close()
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _identity(x):
+    return x
+
+
+def _embed_batch(embedder, batch: list[Work], todo: list[InputItem], buffer: ShardBuffer,
+                 summary: ExtractSummary, earlier_failures: set[str]) -> None:
+    t0 = time.perf_counter()
+    audio, video = embedder.embed([w.prepared for w in batch])
+    summary.infer_seconds += time.perf_counter() - t0
+    for work, a, v in zip(batch, audio, video):
+        item = todo[work.index]
+        if a is None:
+            summary.without_audio += 1
+        buffer.add(Row(key=work.key, path=item.path, audio=a, video=v, duration=work.prepared.duration,
+                       id=item.id, music_id=item.music_id, split=item.split))
+        summary.extracted += 1
+        if item.path in earlier_failures:
+            buffer.ns.record_resolved(item.path, work.key)
+
+
+@click.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@config_options
+@click.option("--cache-dir", help="Feature cache directory (paths.cache).")
+@click.option("--arch", type=click.Choice(["huge", "tiny"]), help="ImageBind architecture (encoder.arch).")
+@click.option("--weights", help='Weights file, or "random" for random init (encoder.weights).')
+@click.option("--device", help="auto, cpu, cuda or cuda:N (encoder.device).")
+@click.option("--batch-size", type=int, help="Videos per forward pass (encoder.batch_size).")
+@click.option("--workers", type=int, help="Decoding worker processes (extract.workers).")
+@click.option("--num-shards", type=int, help="Number of partitions N (extract.num_shards).")
+@click.option("--shard-index", type=int, help="This job's partition i in [0, N) (extract.shard_index).")
+@click.option("--retry-failed", is_flag=True, default=None, help="Retry items that failed in earlier runs.")
+@click.option("--borders/--no-borders", default=None, help="MVBind black-border removal (video.remove_borders).")
+@one_line_errors
+def extract_command(source, config_path, sets, cache_dir, arch, weights, device, batch_size, workers,
+                    num_shards, shard_index, retry_failed, borders):
+    """Extract ImageBind audio and video embeddings of SOURCE (a folder of videos or a CSV/JSONL manifest)."""
+    config = resolve_config(config_path, sets, {
+        "paths.cache": cache_dir, "encoder.arch": arch, "encoder.weights": weights, "encoder.device": device,
+        "encoder.batch_size": batch_size, "extract.workers": workers, "extract.num_shards": num_shards,
+        "extract.shard_index": shard_index, "extract.retry_failed": retry_failed, "video.remove_borders": borders,
+    })
+    summary = extract(config, source)
+    for line in summary.lines():
+        click.echo(line)
