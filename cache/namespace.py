@@ -205,8 +205,11 @@ class Namespace:
     def _append(self, record: dict) -> None:
         record["time"] = round(time.time(), 3)
         line = json.dumps(record, ensure_ascii=True) + "\n"
-        fd = os.open(self.failure_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.failure_log, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = "\n" + line  # the last line was torn by a crash: don't glue onto it
             os.write(fd, line.encode())
         finally:
             os.close(fd)

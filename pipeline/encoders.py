@@ -134,7 +134,8 @@ class ImageBindEmbedder:
         if path is None:
             model = build_imagebind(enc.arch, seed=enc.seed)
         else:
-            model = build_imagebind(enc.arch)
+            with torch.device("meta"):  # no 2.9 GB random init only to be overwritten
+                model = build_imagebind(enc.arch)
             load_weights(model, resolve_weights(str(path) if enc.weights else None, progress=progress))
         self.model = model.eval().requires_grad_(False).to(self.device)
         self.load_seconds = time.perf_counter() - t0
