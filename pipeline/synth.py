@@ -33,6 +33,7 @@ def make_video(
     `audio_channels=None` writes no audio stream. The codec follows the file extension unless given.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     w, h = size
     args = ["-f", "lavfi", "-i", f"{source}=size={w}x{h}:rate={fps}:duration={duration}"]
     if audio_channels is not None:

@@ -1,0 +1,281 @@
+"""Stage one end to end: real ffmpeg media, a real tiny ImageBind, real HDF5 shards, real SIGKILL."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cache import CacheError, FeatureCache, content_key
+from pipeline.audio import audio_inputs
+from pipeline.config import load_config
+from pipeline.encoders import extractor_settings
+from pipeline.imagebind import build_imagebind
+from pipeline.inputs import InputItem
+from pipeline.video import video_inputs
+from stages.extract import extract
+
+from media import make_video, run_ffmpeg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(cache_dir, **overrides):
+    base = {"encoder.arch": "tiny", "encoder.weights": "random", "paths.cache": str(cache_dir),
+            "extract.workers": 0, "encoder.batch_size": 3}
+    base.update(overrides)
+    return load_config(overrides=base)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("videos")
+    make_video(folder / "a.mp4", duration=3.0, freq=330)
+    make_video(folder / "b.mp4", duration=2.5, size=(96, 160), freq=660, audio_channels=2)
+    make_video(folder / "sub" / "c.webm", duration=2.0, size=(120, 120), freq=880)
+    make_video(folder / "boxed.mp4", duration=2.0, size=(160, 90), pad=(160, 288), freq=440)
+    return folder
+
+
+def test_extract_embeds_every_clip_like_the_model_does(videos, tmp_path):
+    config = tiny_config(tmp_path / "cache", **{"extract.workers": 2})
+    summary = extract(config, videos, progress=False)
+    assert (summary.extracted, summary.reused, len(summary.failed)) == (4, 0, 0)
+    ns = FeatureCache(tmp_path / "cache").get(extractor_settings(config))
+    feats = ns.load()
+    assert feats.audio.shape == (4, 3, 32) and feats.video.shape == (4, 15, 32)
+    assert feats.audio.dtype == np.float16 and feats.audio_mask.all() and feats.video_mask.all()
+
+    # Independent path: the same preprocessing and model called directly, one file at a time.
+    model = build_imagebind("tiny", seed=0).eval()
+    for key, path, audio, video in zip(feats.keys, feats.paths, feats.audio, feats.video):
+        assert key == content_key(path)
+        with torch.inference_mode():
+            ref_a = model.embed_audio(audio_inputs(path, config.audio).melspec).numpy()
+            ref_v = model.embed_vision(video_inputs(path, config.video).frames).numpy()
+        np.testing.assert_allclose(audio.astype(np.float32), ref_a, rtol=2e-3, atol=2e-2)  # rows have norm 20
+        np.testing.assert_allclose(video.astype(np.float32), ref_v, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(np.linalg.norm(feats.video.astype(np.float32), axis=-1), 1.0, atol=2e-3)
+
+
+def test_rerun_renamed_copy_and_settings_change(videos, tmp_path):
+    config = tiny_config(tmp_path / "cache")
+    first = extract(config, videos, progress=False)
+    ns = FeatureCache(tmp_path / "cache").get(extractor_settings(config))
+    shards = ns.shard_paths()
+    assert first.extracted == 4
+
+    again = extract(config, videos, progress=False)  # nothing decoded, nothing written
+    assert (again.extracted, again.reused, again.shards) == (0, 4, [])
+    assert ns.shard_paths() == shards
+
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    shutil.copy(videos / "a.mp4", copies / "renamed.mp4")
+    shutil.copy(videos / "a.mp4", copies / "twin.mp4")
+    make_video(copies / "new.mp4", duration=2.0, freq=1000)
+    third = extract(config, copies, progress=False)
+    assert (third.extracted, third.reused, third.duplicates) == (1, 2, 0)
+
+    no_borders = tiny_config(tmp_path / "cache", **{"video.remove_borders": "false"})
+    other = extract(no_borders, videos, progress=False)
+    assert other.extracted == 4 and other.namespace != first.namespace
+    assert len(FeatureCache(tmp_path / "cache").namespaces()) == 2
+
+
+def test_duplicate_content_in_one_run_is_extracted_once(videos, tmp_path):
+    folder = tmp_path / "dups"
+    folder.mkdir()
+    shutil.copy(videos / "a.mp4", folder / "one.mp4")
+    shutil.copy(videos / "a.mp4", folder / "two.mp4")
+    summary = extract(tiny_config(tmp_path / "cache"), folder, progress=False)
+    assert (summary.extracted, summary.duplicates) == (1, 1)
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    good = make_video(d / "good.mp4", duration=2.0)
+    data = good.read_bytes()
+    (d / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (d / "garbage.mp4").write_bytes(data[:64] + os.urandom(4000))
+    (d / "zero.mp4").write_bytes(b"")
+    (d / "text.mp4").write_text("this is not a video\n")
+    run_ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=2", "-c:a", "aac", "-f", "mp4",
+               str(d / "audio_only.mp4"))
+    make_video(d / "silent.mp4", duration=2.0, audio_channels=None)
+    make_video(d / "short.mp4", duration=0.3)
+    make_video(d / "long.mp4", duration=200.0, size=(64, 64), fps=5, sample_rate=8000)
+    make_video(d / "full_hd.mp4", duration=1.0, size=(1920, 1080), fps=10)
+    make_video(d / "tiny.mp4", duration=2.0, size=(128, 96))
+    make_video(d / "stereo.mov", duration=2.0, audio_channels=2)
+    make_video(d / "six.mkv", duration=2.0, audio_channels=6)
+    make_video(d / "vfr.mp4", duration=3.0, extra=("-vf", "setpts='if(lt(N,10),N*2,N+10)/15/TB'", "-fps_mode", "vfr"))
+    make_video(d / "old.mkv", duration=2.0, vcodec="msmpeg4v2", acodec="mp2")
+    make_video(d / "clip.webm", duration=2.0)
+    make_video(d / "clip.ogv", duration=2.0)
+    make_video(d / "clip.avi", duration=2.0)
+    make_video(d / "clip.m4v", duration=2.0)
+    make_video(d / os.fsdecode(b"caf\xe9-\xff.mp4"), duration=2.0, freq=200)
+    return d
+
+
+EXPECT_FAILED = {"garbage.mp4", "zero.mp4", "text.mp4", "audio_only.mp4", "vanished.mp4"}
+EXPECT_OK = {"good.mp4", "silent.mp4", "short.mp4", "long.mp4", "full_hd.mp4", "tiny.mp4", "stereo.mov", "six.mkv",
+             "vfr.mp4", "old.mkv", "clip.webm", "clip.ogv", "clip.avi", "clip.m4v", os.fsdecode(b"caf\xe9-\xff.mp4")}
+
+
+def test_bad_input_never_stops_a_run(bad_inputs, tmp_path):
+    from pipeline.inputs import list_inputs
+
+    items = list_inputs(bad_inputs)
+    vanished = tmp_path / "vanished.mp4"
+    shutil.copy(bad_inputs / "good.mp4", vanished)
+    items.insert(3, InputItem(path=str(vanished)))
+    vanished.unlink()  # listed, then gone before it is read
+
+    config = tiny_config(tmp_path / "cache", **{"extract.workers": 2})
+    summary = extract(config, items, progress=False)
+    failed = {Path(p).name: reason for p, reason in summary.failed}
+    ns = FeatureCache(tmp_path / "cache").get(extractor_settings(config))
+    feats = ns.load()
+    ok = {Path(p).name for p in feats.paths}
+    assert EXPECT_FAILED <= set(failed), failed
+    assert EXPECT_OK <= ok, failed
+    assert set(failed) | ok == {Path(i.path).name for i in items}  # every input accounted for
+    assert "truncated.mp4" in failed or "truncated.mp4" in ok
+    for name, reason in failed.items():
+        assert reason and "\n" not in reason and len(reason) < 200, (name, reason)
+    assert "no video stream" in failed["audio_only.mp4"]
+    assert "not found" in failed["vanished.mp4"]
+
+    rows = {Path(p).name: i for i, p in enumerate(feats.paths)}
+    assert not feats.audio_mask[rows["silent.mp4"]] and feats.video_mask[rows["silent.mp4"]]
+    assert summary.without_audio >= 1
+    for name in EXPECT_OK - {"silent.mp4"}:
+        assert feats.audio_mask[rows[name]], name
+    assert np.isfinite(feats.video.astype(np.float32)).all() and np.isfinite(feats.audio.astype(np.float32)).all()
+    assert feats.duration[rows["long.mp4"]] == pytest.approx(200.0, abs=0.5)
+    assert feats.paths[rows[os.fsdecode(b"caf\xe9-\xff.mp4")]] == str(bad_inputs / os.fsdecode(b"caf\xe9-\xff.mp4"))
+
+    # One log line per failed item; a rerun skips them unless asked to retry.
+    logged = ns.failure_log.read_text().splitlines()
+    assert len(logged) == len(failed)
+    again = extract(config, items, progress=False)
+    assert again.extracted == 0 and again.skipped_failed == len(failed) and again.reused == len(ok)
+
+
+def test_retry_failed(tmp_path):
+    folder = tmp_path / "v"
+    folder.mkdir()
+    (folder / "later.mp4").write_bytes(b"")
+    config = tiny_config(tmp_path / "cache")
+    assert len(extract(config, folder, progress=False).failed) == 1
+    make_video(folder / "later.mp4", duration=2.0)  # fixed by the user
+    assert extract(config, folder, progress=False).skipped_failed == 1
+    retry = extract(tiny_config(tmp_path / "cache", **{"extract.retry_failed": "true"}), folder, progress=False)
+    assert retry.extracted == 1 and not retry.failed
+    ns = FeatureCache(tmp_path / "cache").get(extractor_settings(config))
+    assert ns.failures() == []
+
+
+def test_partitions_fill_one_namespace_without_overlap(videos, tmp_path):
+    keys = []
+    for i in range(2):
+        config = tiny_config(tmp_path / "cache", **{"extract.num_shards": 2, "extract.shard_index": i})
+        s = extract(config, videos, progress=False)
+        assert s.extracted + s.other_partition == 4
+        ns = FeatureCache(tmp_path / "cache").get(extractor_settings(config))
+        keys.append(set(ns.load().keys) - set().union(*keys) if keys else set(ns.load().keys))
+    assert keys[0].isdisjoint(keys[1])
+    assert keys[0] | keys[1] == {content_key(p) for p in videos.rglob("*.*")}
+    assert all(name.startswith(("p00000of00002", "p00001of00002")) for name in os.listdir(ns.shard_dir))
+
+
+def test_second_extract_on_a_locked_partition_is_refused(videos, tmp_path):
+    config = tiny_config(tmp_path / "cache")
+    ns = FeatureCache(tmp_path / "cache").create(extractor_settings(config))
+    hold = ("import sys, time\nfrom cache.namespace import Namespace\n"
+            "with Namespace(sys.argv[1]).lock(0, 1):\n    print('locked', flush=True)\n    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(ns.root)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(CacheError, match="another extract is writing partition 0 of 1"):
+            extract(config, videos, progress=False)
+        from cli import cli
+
+        result = CliRunner().invoke(cli, ["extract", str(videos), "--arch", "tiny", "--weights", "random",
+                                          "--cache-dir", str(tmp_path / "cache"), "--workers", "0"])
+        assert result.exit_code == 2
+        assert result.output.startswith("error: ") and result.output.count("\n") == 1
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.fixture(scope="module")
+def many_videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("many")
+    for i in range(12):
+        make_video(folder / f"v{i:02d}.mp4", duration=2.0 + 0.25 * i, size=(96, 160), freq=200 + 60 * i)
+    return folder
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(many_videos, tmp_path):
+    common = ["--arch", "tiny", "--weights", "random", "--workers", "0", "--set", "extract.shard_size=1"]
+    crashed = tmp_path / "crashed"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "extract", str(many_videos), "--cache-dir", str(crashed), *common],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    committed = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        committed = [p for p in crashed.rglob("shards/*.h5") if not p.name.startswith(".tmp-")]
+        if len(committed) >= 3:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "extract finished before it could be killed; give it more work"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    config = tiny_config(crashed, **{"extract.shard_size": 4})
+    ns = FeatureCache(crashed).get(extractor_settings(config))
+    survived = ns.committed_keys()
+    assert 3 <= len(survived) < 12
+
+    resumed = extract(config, many_videos, progress=False)
+    assert resumed.reused == len(survived) and resumed.extracted == 12 - len(survived)
+    assert not list(ns.shard_dir.glob(".tmp-*"))
+
+    clean = extract(tiny_config(tmp_path / "clean"), many_videos, progress=False)
+    assert clean.extracted == 12
+    a = ns.load()
+    b = FeatureCache(tmp_path / "clean").get(extractor_settings(config)).load()
+    order_a, order_b = np.argsort(a.keys.astype(str)), np.argsort(b.keys.astype(str))
+    assert list(a.keys[order_a]) == list(b.keys[order_b])
+    np.testing.assert_allclose(a.audio[order_a].astype(np.float32), b.audio[order_b].astype(np.float32), atol=2e-2)
+    np.testing.assert_allclose(a.video[order_a].astype(np.float32), b.video[order_b].astype(np.float32), atol=2e-3)
+
+
+def test_cli_extract_and_cache_info(videos, tmp_path):
+    from cli import cli
+
+    runner = CliRunner()
+    args = ["--arch", "tiny", "--weights", "random", "--cache-dir", str(tmp_path / "c"), "--workers", "0"]
+    result = runner.invoke(cli, ["extract", str(videos), *args])
+    assert result.exit_code == 0, result.output
+    assert "extracted 4, reused from cache 0" in result.output
+    info = runner.invoke(cli, ["cache", "info", "--cache-dir", str(tmp_path / "c")])
+    assert info.exit_code == 0, info.output
+    assert "imagebind/tiny weights=random-init seed 0" in info.output and "items=4" in info.output
+    bad = runner.invoke(cli, ["extract", str(tmp_path / "missing"), *args])
+    assert bad.exit_code == 2 and "no such folder or manifest" in bad.output
+    bad = runner.invoke(cli, ["extract", str(videos), *args, "--set", "extract.shard_size=0"])
+    assert bad.exit_code == 2 and "setting extract.shard_size: must be >= 1, got 0" in bad.output
