@@ -20,6 +20,7 @@ from pipeline.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "pipeline.toml"
 ENCODERS = ("imagebind",)
+ARCHS = ("huge", "small", "tiny")  # pipeline.imagebind presets; only huge has pretrained weights
 
 
 def mvbind_home() -> Path:
@@ -49,7 +50,7 @@ class PathsConfig:
 @dataclass
 class EncoderConfig:
     name: str = "imagebind"
-    arch: str = "huge"  # huge | tiny
+    arch: str = "huge"  # huge | small | tiny (small and tiny: random init only)
     weights: str = ""  # path; "" = download to ${MVBIND_HOME}/imagebind_huge.pth; "random" = random init
     seed: int = 0  # used only for random init
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -210,7 +211,7 @@ def validate(config: Config) -> None:
     validate_stage_two(config)
     enc, ext, a, v = config.encoder, config.extract, config.audio, config.video
     _check(enc.name in ENCODERS, "encoder.name", f"unknown encoder {enc.name!r}; choose one of {', '.join(ENCODERS)}")
-    _check(enc.arch in ("huge", "tiny"), "encoder.arch", f"unknown architecture {enc.arch!r}; choose huge or tiny")
+    _check(enc.arch in ARCHS, "encoder.arch", f"unknown architecture {enc.arch!r}; choose {', '.join(ARCHS)}")
     _check(
         enc.device == "auto" or enc.device == "cpu" or enc.device.startswith("cuda") or enc.device == "mps",
         "encoder.device",

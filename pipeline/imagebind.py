@@ -61,11 +61,27 @@ _TINY: dict[str, Any] = {
     "audio_num_heads": 4,
 }
 
-_ARCHS: dict[str, dict[str, Any]] = {"huge": _HUGE, "tiny": _TINY}
+# ViT-S-sized encoders (random init only): a model big enough to dominate decoding on a CPU,
+# for benchmarks and experiments; no pretrained weights exist for it.
+_SMALL: dict[str, Any] = {
+    **_HUGE,
+    "vision_embed_dim": 384,
+    "vision_num_blocks": 12,
+    "vision_num_heads": 6,
+    "audio_embed_dim": 384,
+    "audio_num_blocks": 12,
+    "audio_num_heads": 6,
+}
+
+_ARCHS: dict[str, dict[str, Any]] = {"huge": _HUGE, "small": _SMALL, "tiny": _TINY}
 
 
 def imagebind_config(arch: str) -> dict[str, Any]:
-    """Constructor settings of a named architecture ("huge" = the released model, "tiny" = test fixture)."""
+    """Constructor settings of a named architecture.
+
+    "huge" is the released model; "small" (ViT-S sized) and "tiny" (the reference fixture's) are
+    for random-init benchmarks and tests.
+    """
     try:
         return dict(_ARCHS[arch])
     except KeyError:

@@ -69,7 +69,7 @@ def write_samples(folder: Path) -> list[Path]:
         ("sunrise.mp4", dict(duration=4.0, size=(180, 320), freq=330.0, source="testsrc2")),
         ("city.mp4", dict(duration=6.0, size=(180, 320), freq=523.0, source="smptebars")),
         ("letterboxed.mp4", dict(duration=3.0, size=(180, 100), pad=(180, 320), freq=440.0)),
-        ("silent.webm", dict(duration=2.5, size=(180, 320), audio_channels=None, source="mandelbrot")),
+        ("silent.webm", dict(duration=2.5, size=(180, 320), audio_channels=None, source="rgbtestsrc")),
     ]
     return [make_video(folder / name, **kw) for name, kw in specs if not (folder / name).exists()]
 

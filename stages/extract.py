@@ -250,7 +250,7 @@ def _embed_batch(embedder, batch: list[Work], todo: list[InputItem], buffer: Sha
 @click.argument("source", type=click.Path(path_type=Path))
 @config_options
 @click.option("--cache-dir", help="Feature cache directory (paths.cache).")
-@click.option("--arch", type=click.Choice(["huge", "tiny"]), help="ImageBind architecture (encoder.arch).")
+@click.option("--arch", help="ImageBind architecture: huge, small or tiny (encoder.arch).")
 @click.option("--weights", help='Weights file, or "random" for random init (encoder.weights).')
 @click.option("--device", help="auto, cpu, cuda or cuda:N (encoder.device).")
 @click.option("--batch-size", type=int, help="Videos per forward pass (encoder.batch_size).")

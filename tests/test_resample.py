@@ -1,0 +1,92 @@
+"""Sinc resampling against torchaudio.functional.resample reference output, plus sanity checks."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from media import FIXTURES
+from pipeline.audio import decode_audio
+from pipeline.resample import resample, resample_span, resampled_length
+
+CLIP = FIXTURES / "preprocess" / "clip.mp4"
+
+
+@pytest.fixture(scope="module")
+def clip_44k() -> torch.Tensor:
+    waveform, rate = decode_audio(CLIP)
+    assert rate == 44100
+    return waveform
+
+
+def test_matches_torchaudio_on_clip(clip_44k: torch.Tensor) -> None:
+    want = np.load(FIXTURES / "preprocess" / "clip_expected.npz")["waveform_16k"]
+    got = resample(clip_44k, 44100, 16000)
+    assert got.dtype == torch.float32 and got.shape == want.shape == (2, 72075)
+    diff = float(np.abs(got.numpy() - want).max())
+    print(f"resample 44100->16000 max abs diff {diff:.3g}")
+    assert diff <= 1e-6
+
+
+@pytest.mark.parametrize(
+    "n, orig, new",
+    [(198656, 44100, 16000), (1, 44100, 16000), (441, 44100, 16000), (442, 44100, 16000),
+     (48001, 48000, 16000), (12345, 22050, 16000), (1000, 8000, 16000), (999, 11025, 16000)],
+)
+def test_output_length_rule(n: int, orig: int, new: int) -> None:
+    g = math.gcd(orig, new)
+    expected = math.ceil((new // g) * n / (orig // g))
+    assert resampled_length(n, orig, new) == expected
+    assert resample(torch.zeros(2, n), orig, new).shape == (2, expected)
+
+
+def test_identity_when_rates_equal() -> None:
+    w = torch.randn(2, 1000)
+    assert resample(w, 16000, 16000) is w
+
+
+def test_any_leading_shape() -> None:
+    w = torch.randn(2, 3, 4410, generator=torch.Generator().manual_seed(0))
+    out = resample(w, 44100, 16000)
+    assert out.shape == (2, 3, 1600)
+    assert torch.allclose(out[1, 2], resample(w[1, 2], 44100, 16000), atol=1e-6)
+
+
+@pytest.mark.parametrize("start, stop", [(0, 100), (5, 32005), (20037, 52037), (72000, 80000), (71999, 72075)])
+def test_span_equals_slice_of_full(clip_44k: torch.Tensor, start: int, stop: int) -> None:
+    full = resample(clip_44k, 44100, 16000)
+    part = resample_span(clip_44k, 44100, 16000, start, stop)
+    assert torch.allclose(part, full[:, start:stop], atol=1e-7, rtol=0)
+
+
+def _tone(freq: float, rate: int, seconds: float = 1.0) -> torch.Tensor:
+    t = torch.arange(int(rate * seconds), dtype=torch.float64) / rate
+    return torch.sin(2 * math.pi * freq * t).float()
+
+
+@pytest.mark.parametrize("orig", [44100, 48000, 22050, 8000])
+def test_tone_keeps_its_frequency_and_level(orig: int) -> None:
+    out = resample(_tone(1000.0, orig), orig, 16000)
+    core = out[2000:-2000].double()  # away from the zero-padded edges
+    spectrum = torch.fft.rfft(core * torch.hann_window(core.numel(), dtype=torch.float64)).abs()
+    peak_hz = spectrum.argmax().item() * 16000 / core.numel()
+    assert abs(peak_hz - 1000.0) < 2.0
+    assert abs(core.abs().max().item() - 1.0) < 0.01
+    # The resampled tone is the same tone sampled at 16 kHz.
+    assert torch.allclose(out[2000:-2000], _tone(1000.0, 16000)[2000:-2000], atol=2e-3)
+
+
+@pytest.mark.parametrize("freq, limit", [(9000.0, 0.2), (10000.0, 1e-2), (12000.0, 5e-3), (20000.0, 1e-3)])
+def test_content_above_new_nyquist_is_removed(freq: float, limit: float) -> None:
+    # Cutoff 0.99 * 8 kHz; the width-6 Hann-windowed sinc has a gentle transition band, so a
+    # 9 kHz tone (which would alias to 7 kHz) is attenuated, and from 10 kHz on it is gone.
+    out = resample(_tone(freq, 44100), 44100, 16000)
+    assert out[2000:-2000].abs().max().item() < limit  # input amplitude 1
+
+
+def test_rejects_bad_rates() -> None:
+    with pytest.raises(ValueError):
+        resample(torch.zeros(10), 0, 16000)
+    with pytest.raises(ValueError):
+        resample(torch.zeros(10), 44100.5, 16000)  # type: ignore[arg-type]
