@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "pipeline.toml"
-ENCODERS = ("imagebind",)
+ENCODERS = ("imagebind", "signal")
 ARCHS = ("huge", "small", "tiny")  # pipeline.imagebind presets; only huge has pretrained weights
 
 
@@ -75,6 +75,7 @@ class Config:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     audio: Any = None  # pipeline.audio.AudioSettings
     video: Any = None  # pipeline.video.VideoSettings
+    signal: Any = None  # pipeline.signal.SignalSettings (used when encoder.name = "signal")
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     train: Any = None  # pipeline.train_config.TrainConfig
     eval: Any = None  # pipeline.train_config.EvalConfig
@@ -91,6 +92,7 @@ class Config:
 
 def _section_types() -> dict[str, type]:
     from pipeline.audio import AudioSettings
+    from pipeline.signal import SignalSettings
     from pipeline.train_config import EvalConfig, TrainConfig
     from pipeline.video import VideoSettings
 
@@ -99,6 +101,7 @@ def _section_types() -> dict[str, type]:
         "encoder": EncoderConfig,
         "audio": AudioSettings,
         "video": VideoSettings,
+        "signal": SignalSettings,
         "extract": ExtractConfig,
         "train": TrainConfig,
         "eval": EvalConfig,
@@ -219,7 +222,7 @@ def validate(config: Config) -> None:
     )
     _check(enc.precision in ("auto", "fp32", "fp16", "bf16"), "encoder.precision", "use auto, fp32, fp16 or bf16")
     _check(enc.batch_size >= 1, "encoder.batch_size", f"must be >= 1, got {enc.batch_size}")
-    _check(enc.arch == "huge" or enc.weights == "random", "encoder.weights",
+    _check(enc.name != "imagebind" or enc.arch == "huge" or enc.weights == "random", "encoder.weights",
            "pretrained weights exist only for arch 'huge'; set encoder.weights = \"random\" for arch 'tiny'")
     _check(ext.workers >= 0, "extract.workers", f"must be >= 0, got {ext.workers}")
     _check(ext.prefetch >= 1, "extract.prefetch", f"must be >= 1, got {ext.prefetch}")
@@ -249,5 +252,5 @@ def to_dict(config: Config) -> dict[str, Any]:
     """The resolved settings as plain data (for run directories and `cache info`)."""
     return {
         name: dataclasses.asdict(getattr(config, name))
-        for name in ("paths", "encoder", "audio", "video", "extract", "train", "eval")
+        for name in ("paths", "encoder", "audio", "video", "signal", "extract", "train", "eval")
     }

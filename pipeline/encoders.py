@@ -44,11 +44,38 @@ def weights_setting(config: Config) -> Path | None:
 
 
 def extractor_settings(config: Config, *, download: bool = False, progress: bool = True) -> dict:
-    """The cache-namespace settings: encoder identity, weights checksum, preprocessing, shapes.
+    """The cache-namespace settings of `config`'s encoder: everything that changes an embedding,
+    plus the stored shapes {"audio": [clips, dim], "video": [clips, dim]}.
 
     With pretrained weights this needs the weights file (its sha256 is part of the identity);
     `download=True` fetches it when absent, otherwise a missing file is a one-line error.
     """
+    return backend(config).settings(config, download=download, progress=progress)
+
+
+def make_preparer(config: Config):
+    """The picklable CPU step for `config`'s encoder: path -> Prepared."""
+    return backend(config).preparer(config)
+
+
+def make_embedder(config: Config, *, progress: bool = True):
+    """The model step for `config`'s encoder: list[Prepared] -> (audio list, video list)."""
+    return backend(config).embedder(config, progress=progress)
+
+
+def backend(config: Config):
+    """The encoder family named by encoder.name (imported lazily: each pulls its own libraries)."""
+    name = config.encoder.name
+    if name == "imagebind":
+        return ImageBindBackend
+    if name == "signal":
+        from pipeline.signal import SignalBackend
+
+        return SignalBackend
+    raise MvbindError(f"setting encoder.name: unknown encoder {name!r}")
+
+
+def imagebind_settings(config: Config, *, download: bool = False, progress: bool = True) -> dict:
     from pipeline.imagebind import imagebind_config
     from pipeline.weights import file_digest, resolve_weights
 
@@ -171,9 +198,13 @@ class ImageBindEmbedder:
         return out
 
 
-def make_preparer(config: Config) -> ImageBindPreparer:
-    return ImageBindPreparer(config)
+class ImageBindBackend:
+    settings = staticmethod(imagebind_settings)
 
+    @staticmethod
+    def preparer(config: Config) -> ImageBindPreparer:
+        return ImageBindPreparer(config)
 
-def make_embedder(config: Config, *, progress: bool = True) -> ImageBindEmbedder:
-    return ImageBindEmbedder(config, progress=progress)
+    @staticmethod
+    def embedder(config: Config, *, progress: bool = True) -> ImageBindEmbedder:
+        return ImageBindEmbedder(config, progress=progress)
