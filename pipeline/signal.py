@@ -1,8 +1,803 @@
-"""The `signal` encoder: hand-crafted audio (librosa) and video (OpenCV) features per clip."""
+"""The `signal` encoder: hand-crafted audio (librosa) and video (OpenCV) features per clip.
 
+A fast, CPU-only baseline beside ImageBind that goes through the same stage-one path (preparer in
+the decoding workers, identity "embedder", the same cache and fingerprint). The features are the
+embeddings: per clip, a fixed-length float32 vector, standardised in a fixed, data-independent way
+(logs for rates and tempo, fixed centres and scales), so that most values lie within a few units of
+zero and survive the cache's float16 storage.
+
+Clip timing is that of the ImageBind inputs: ``[audio]`` clip_duration / clips_per_video for the
+audio clips and ``[video]`` clip_duration / clips_per_video for the video clips, laid out by
+``pipeline.sampler.clip_spans`` (no spatial crops). With the defaults a file gives (3, Da) audio
+and (5, Dv) video features.
+
+Audio: decode with ``pipeline.audio.decode_audio`` → mean of the channels → resample to
+``sample_rate`` (soxr via librosa) → per clip, an STFT of its context window (``tempo_window``
+seconds centred on the clip, kept inside the track; clips with the same window share it) → frame
+features (onset envelope and onsets, beats, RMS, spectral centroid and contrast, MFCC, chroma) →
+statistics of the frames whose centres fall in the clip. Tempo and beats come from
+``librosa.beat.beat_track`` on the whole window (2 s is too short for a tempo); audio shorter than
+``min_tempo_window`` has no tempo (tempo 0, ``tempo_known`` 0).
+
+Video: the stream's frames are numbered as decord does (packets in pts order, duration =
+frames / average fps, as ``pipeline.video``); per clip, frames at about ``frames_per_second`` are
+decoded (keyframe seeks over the gaps, non-reference frames that are not needed are skipped) and
+scaled by swscale straight to ``frame_size`` px on the long side, so a 1080p frame never becomes a
+full-size RGB array. Letterbox/pillarbox bars (edge rows/columns dark in all sampled frames) are
+cropped first (``remove_borders``), as MVBind does for ImageBind. Per clip: colour statistics, a
+saturation-weighted hue histogram, shot cuts (total-variation distance of HSV histograms between
+consecutive samples above ``cut_threshold``), and motion (Farneback optical flow, on ``flow_size``
+grey frames, between consecutive samples that are not a cut).
+
+`AUDIO_FEATURE_NAMES` / `VIDEO_FEATURE_NAMES` document every dimension for the default settings
+(`audio_feature_names(settings)` / `video_feature_names(settings)` for others).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ConfigError, MediaError, MvbindError, NoStreamError
+from pipeline.sampler import clip_spans
+
+FEATURE_VERSION = 1  # bump when any computation below changes the values
 
 
 @dataclass(frozen=True)
 class SignalSettings:
-    pass
+    """The ``[signal]`` section: every constant that changes a feature (part of the fingerprint)."""
+
+    version: int = FEATURE_VERSION  # feature-code version (changes invalidate cached features)
+    # audio
+    sample_rate: int = 22050  # analysis rate (Hz); mono mixdown resampled to it
+    n_fft: int = 2048  # STFT window (samples)
+    hop_length: int = 512  # STFT hop (samples): ~23 ms frames
+    n_mels: int = 128  # mel bands for the onset envelope and MFCC
+    n_mfcc: int = 13  # MFCC coefficients (means and standard deviations of each)
+    contrast_bands: int = 6  # spectral-contrast octave bands (gives contrast_bands + 1 values)
+    contrast_fmin: float = 200.0  # lowest contrast band edge (Hz)
+    tempo_window: float = 6.0  # seconds of context centred on each clip for tempo and beats
+    min_tempo_window: float = 1.5  # shorter audio has no tempo (tempo feature 0, tempo_known 0)
+    # video
+    frames_per_second: float = 8.0  # frames sampled per clip second (motion, cuts, colour)
+    frame_size: int = 160  # long side of the analysis frames (px); smaller videos are not upscaled
+    flow_size: int = 96  # long side of the grey frames optical flow runs on (px)
+    hue_bins: int = 8  # hue histogram bins (bin 0 centred on red)
+    colour_min_saturation: float = 0.2  # a pixel counts for the hue histogram above this S...
+    colour_min_value: float = 0.15  # ...and this V (both in [0, 1])
+    cut_threshold: float = 0.4  # HSV-histogram total-variation distance counted as a cut
+    remove_borders: bool = True  # crop letterbox/pillarbox bars (dark in >= 99% of sampled frames' pixels)
+    border_threshold: int = 24  # grey level (0-255) at or below which a border pixel counts as dark
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature names and their fixed standardisation: value = (transform(raw) - centre) / scale
+
+
+def _audio_spec(s: SignalSettings) -> list[tuple[str, float, float]]:
+    spec = [
+        ("tempo_log2_over_120bpm", 0.0, 1.0),  # log2(bpm / 120); 0 where unknown
+        ("tempo_known", 0.0, 1.0),  # 1 if a tempo was estimated, else 0
+        ("beat_strength_log1p", 1.0, 1.0),  # log1p(mean onset strength at the clip's beats)
+        ("pulse_clarity_log", 0.5, 0.5),  # log(onset strength at beats / mean onset strength)
+        ("onset_rate_log1p_per_s", 1.0, 1.0),  # log1p(onsets per second)
+        ("onset_strength_mean_log1p", 0.5, 0.5),  # log1p(mean onset envelope)
+        ("onset_strength_std_log1p", 0.5, 0.5),  # log1p(std of onset envelope)
+        ("rms_db_mean", -30.0, 15.0),  # mean frame RMS in dBFS (floor -100)
+        ("rms_db_std", 0.0, 5.0),  # std of frame RMS in dB (dynamics)
+        ("rms_db_range", 0.0, 10.0),  # 95th - 5th percentile of frame RMS in dB
+        ("centroid_log2_over_1khz", 0.5, 1.0),  # mean of log2(spectral centroid / 1 kHz)
+        ("centroid_log2_std", 0.0, 0.5),  # std of log2 centroid (timbre movement)
+    ]
+    spec += [(f"contrast_{b}", 20.0, 8.0) for b in range(s.contrast_bands + 1)]  # dB, mean
+    spec += [(f"mfcc_mean_{k:02d}", *_mfcc_mean_scale(k)) for k in range(s.n_mfcc)]
+    spec += [(f"mfcc_std_{k:02d}", 0.0, 40.0 if k == 0 else 10.0) for k in range(s.n_mfcc)]
+    spec += [(f"chroma_{p}", 0.4, 0.3) for p in _PITCHES]  # mean of max-normalised chroma
+    return spec
+
+
+def _mfcc_mean_scale(k: int) -> tuple[float, float]:
+    if k == 0:
+        return -250.0, 100.0  # energy term
+    if k == 1:
+        return 80.0, 40.0
+    return 0.0, 20.0
+
+
+_PITCHES = ("C", "Cs", "D", "Ds", "E", "F", "Fs", "G", "Gs", "A", "As", "B")
+
+
+def _video_spec(s: SignalSettings) -> list[tuple[str, float, float]]:
+    spec = [
+        ("brightness", 0.45, 0.25),  # mean grey level in [0, 1]
+        ("contrast", 0.2, 0.1),  # mean spatial std of grey in [0, 1]
+        ("brightness_change", 0.0, 0.05),  # std over time of the frame mean grey
+        ("saturation", 0.3, 0.2),  # mean HSV saturation in [0, 1]
+        ("saturation_std", 0.15, 0.1),  # mean spatial std of saturation
+        ("warmth", 0.0, 0.15),  # mean (R - B) in [-1, 1]
+        ("colourful_fraction", 0.5, 0.35),  # fraction of pixels with S, V above the colour minimums
+        ("detail_log", -3.0, 1.0),  # log(mean |Laplacian| of grey / 255 + 1e-4)
+        ("motion_mean_log1p", 0.5, 0.5),  # log1p(10 x mean optical-flow speed, frame long sides/s)
+        ("motion_std_log1p", 0.3, 0.3),  # log1p(10 x std over sample pairs of that speed)
+        ("motion_max_log1p", 0.8, 0.6),  # log1p(10 x max over sample pairs of that speed)
+        ("frame_diff_log1p", 0.3, 0.3),  # log1p(10 x mean |grey difference| between samples)
+        ("hist_change_mean", 0.1, 0.1),  # mean HSV-histogram distance between samples in [0, 1]
+        ("cut_rate_log1p_per_s", 0.0, 1.0),  # log1p(cuts per second)
+    ]
+    spec += [(f"hue_{b:02d}", 0.0, 1.0) for b in range(s.hue_bins)]  # bins x share - 1 (0 = uniform)
+    return spec
+
+
+def audio_feature_names(settings: SignalSettings | None = None) -> list[str]:
+    return [name for name, _, _ in _audio_spec(settings or SignalSettings())]
+
+
+def video_feature_names(settings: SignalSettings | None = None) -> list[str]:
+    return [name for name, _, _ in _video_spec(settings or SignalSettings())]
+
+
+AUDIO_FEATURE_NAMES = audio_feature_names()
+VIDEO_FEATURE_NAMES = video_feature_names()
+
+
+def _standardise(raw: np.ndarray, spec: list[tuple[str, float, float]]) -> np.ndarray:
+    centre = np.array([c for _, c, _ in spec], np.float64)
+    scale = np.array([s for _, _, s in spec], np.float64)
+    out = (np.asarray(raw, np.float64) - centre) / scale
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+def check_settings(s: SignalSettings) -> None:
+    """Range checks; each error names the key."""
+
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"setting signal.{key}: {message}")
+
+    need(s.version == FEATURE_VERSION, "version",
+         f"this code computes feature version {FEATURE_VERSION}, got {s.version}")
+    need(s.sample_rate >= 8000, "sample_rate", f"must be >= 8000, got {s.sample_rate}")
+    need(s.n_fft >= 64 and s.hop_length >= 1 and s.hop_length <= s.n_fft, "n_fft/hop_length",
+         "need n_fft >= 64 and 1 <= hop_length <= n_fft")
+    need(1 <= s.n_mfcc <= s.n_mels, "n_mfcc", f"must be in [1, n_mels={s.n_mels}], got {s.n_mfcc}")
+    need(s.contrast_bands >= 1 and s.contrast_fmin > 0
+         and s.contrast_fmin * 2 ** (s.contrast_bands - 1) < s.sample_rate / 2, "contrast_bands/contrast_fmin",
+         "the top contrast band must start below the Nyquist frequency")
+    need(s.tempo_window > 0 and s.min_tempo_window >= 0, "tempo_window", "must be > 0")
+    need(s.frames_per_second > 0, "frames_per_second", f"must be > 0, got {s.frames_per_second}")
+    need(s.frame_size >= 16, "frame_size", f"must be >= 16, got {s.frame_size}")
+    need(16 <= s.flow_size <= s.frame_size, "flow_size", f"must be in [16, frame_size], got {s.flow_size}")
+    need(1 <= s.hue_bins <= 180, "hue_bins", f"must be in [1, 180], got {s.hue_bins}")
+    need(0 < s.cut_threshold <= 1, "cut_threshold", f"must be in (0, 1], got {s.cut_threshold}")
+    need(0 <= s.border_threshold < 255, "border_threshold", f"must be in [0, 255), got {s.border_threshold}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio
+
+
+@dataclass(frozen=True)
+class AudioFeatures:
+    features: np.ndarray  # (clips, Da) float32
+    duration: float  # resampled samples / sample_rate
+    clips: list[tuple[float, float]]  # [start, end) seconds
+
+
+def audio_features(path: str | os.PathLike[str], settings: SignalSettings = SignalSettings(), *,
+                   clip_duration: float = 2.0, clips_per_video: int = 3) -> AudioFeatures:
+    """Per-clip audio features of `path`. Raises NoStreamError / MediaError with a one-line reason."""
+    import librosa
+
+    from pipeline.audio import decode_audio
+
+    waveform, rate = decode_audio(path)
+    channels = waveform.numpy()
+    mono = channels[0].copy() if len(channels) == 1 else np.mean(channels, axis=0, dtype=np.float32)
+    sr = settings.sample_rate
+    if rate != sr:
+        mono = librosa.resample(mono, orig_sr=rate, target_sr=sr, res_type="soxr_hq").astype(np.float32)
+    if mono.size == 0:
+        raise MediaError("audio stream is empty")
+    if not np.isfinite(mono).all():
+        raise MediaError("audio has non-finite samples")
+    return waveform_features(mono, settings, clip_duration=clip_duration, clips_per_video=clips_per_video)
+
+
+def waveform_features(y: np.ndarray, settings: SignalSettings = SignalSettings(), *,
+                      clip_duration: float = 2.0, clips_per_video: int = 3) -> AudioFeatures:
+    """Per-clip features of a mono float32 waveform at ``settings.sample_rate``.
+
+    Each clip is analysed within its context window (``tempo_window`` seconds centred on it, kept
+    inside the track), so memory stays bounded on long tracks and a clip's features depend only on
+    the audio around it; clips sharing a window (short tracks) share one analysis.
+    """
+    s = settings
+    sr = s.sample_rate
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    duration = len(y) / sr
+    frames_per_s = sr / s.hop_length
+    spec = _audio_spec(s)
+    spans = clip_spans(duration, clip_duration, clips_per_video)
+    analyses: dict[tuple[int, int], _Analysis] = {}
+    rows = []
+    for start, end in spans:
+        start_s, end_s = float(start), min(float(end), duration)
+        lo, hi = _context(start_s, end_s, duration, s.tempo_window)
+        a, b = int(round(lo * sr)), max(int(round(hi * sr)), int(round(lo * sr)) + 1)
+        if (a, b) not in analyses:
+            analyses[(a, b)] = _analyse(y[a:b], s, with_tempo=duration >= s.min_tempo_window)
+        an = analyses[(a, b)]
+        offset = a / sr
+        j0, j1 = _frame_range(start_s - offset, end_s - offset, frames_per_s, an.n_frames)
+        seconds = max(end_s - start_s, 1.0 / frames_per_s)
+        e = an.env[j0:j1]
+        known = an.tempo > 0
+        inside = an.beats[(an.beats >= j0) & (an.beats < j1)]
+        beat_strength = float(an.env[inside].mean()) if len(inside) else 0.0
+        clarity = beat_strength / float(e.mean()) if len(inside) and e.mean() > 0 else 0.0
+        onset_rate = np.count_nonzero((an.onsets >= j0) & (an.onsets < j1)) / seconds
+        r = an.rms_db[j0:j1]
+        c = an.log_centroid[j0:j1]
+        raw = [
+            math.log2(an.tempo / 120.0) if known else 0.0,
+            1.0 if known else 0.0,
+            math.log1p(beat_strength),
+            math.log(clarity) if clarity > 0 else 0.0,
+            math.log1p(onset_rate),
+            math.log1p(float(e.mean())),
+            math.log1p(float(e.std())),
+            float(r.mean()),
+            float(r.std()),
+            float(np.percentile(r, 95) - np.percentile(r, 5)),
+            float(c.mean()),
+            float(c.std()),
+        ]
+        raw += an.contrast[:, j0:j1].mean(axis=1).tolist()
+        raw += an.mfcc[:, j0:j1].mean(axis=1).tolist()
+        raw += an.mfcc[:, j0:j1].std(axis=1).tolist()
+        raw += an.chroma[:, j0:j1].mean(axis=1).tolist()
+        rows.append(_standardise(np.array(raw), spec))
+    return AudioFeatures(np.stack(rows), duration, [(float(a), float(b)) for a, b in spans])
+
+
+@dataclass
+class _Analysis:
+    """Frame-level features of one analysis window (frame j is centred at j * hop samples)."""
+
+    n_frames: int
+    env: np.ndarray  # onset strength
+    onsets: np.ndarray  # onset frames
+    tempo: float  # bpm; 0 = unknown
+    beats: np.ndarray  # beat frames
+    rms_db: np.ndarray
+    log_centroid: np.ndarray  # log2(centroid / 1 kHz)
+    contrast: np.ndarray  # (bands + 1, frames) dB
+    mfcc: np.ndarray  # (n_mfcc, frames)
+    chroma: np.ndarray  # (12, frames)
+
+
+def _context(start: float, end: float, duration: float, window: float) -> tuple[float, float]:
+    """The analysis window of clip [start, end): `window` seconds centred on it, inside [0, duration]."""
+    width = max(window, end - start)
+    if duration <= width:
+        return 0.0, duration
+    lo = min(max((start + end) / 2 - width / 2, 0.0), duration - width)
+    return lo, lo + width
+
+
+def _analyse(y: np.ndarray, s: SignalSettings, *, with_tempo: bool) -> _Analysis:
+    import librosa
+
+    sr, hop, n_fft = s.sample_rate, s.hop_length, s.n_fft
+    if len(y) < n_fft:  # very short audio: zero-pad so there is at least one full window
+        y = np.pad(y, (0, n_fft - len(y)))
+    mag = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop, center=True)).astype(np.float32)
+    power = mag**2
+    mel = librosa.feature.melspectrogram(S=power, sr=sr, n_fft=n_fft, hop_length=hop, n_mels=s.n_mels)
+    mel_db = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)  # absolute dB (floor -100)
+    n_frames = mag.shape[1]
+    env = librosa.onset.onset_strength(S=mel_db, sr=sr, n_fft=n_fft, hop_length=hop)[:n_frames]
+    onsets = librosa.onset.onset_detect(onset_envelope=env, sr=sr, hop_length=hop, units="frames")
+    tempo, beats = 0.0, np.zeros(0, np.int64)
+    if with_tempo and env.any() and n_frames >= 4:
+        bpm, found = librosa.beat.beat_track(onset_envelope=env, sr=sr, hop_length=hop, start_bpm=120.0,
+                                             trim=False)
+        bpm = float(np.atleast_1d(bpm)[0])
+        if bpm > 0 and len(found) >= 2:
+            tempo, beats = bpm, np.asarray(found, dtype=np.int64)
+    rms = librosa.feature.rms(S=mag, frame_length=n_fft, hop_length=hop)[0]
+    centroid = librosa.feature.spectral_centroid(S=mag, sr=sr, n_fft=n_fft, hop_length=hop)[0]
+    return _Analysis(
+        n_frames=n_frames,
+        env=env,
+        onsets=np.asarray(onsets, dtype=np.int64),
+        tempo=tempo,
+        beats=beats,
+        rms_db=20.0 * np.log10(np.maximum(rms, 1e-5)),
+        log_centroid=np.log2(np.maximum(centroid, 20.0) / 1000.0),
+        contrast=librosa.feature.spectral_contrast(S=mag, sr=sr, n_fft=n_fft, hop_length=hop,
+                                                   fmin=s.contrast_fmin, n_bands=s.contrast_bands),
+        mfcc=librosa.feature.mfcc(S=mel_db, n_mfcc=s.n_mfcc),
+        chroma=librosa.feature.chroma_stft(S=power, sr=sr, n_fft=n_fft, hop_length=hop, tuning=0.0),
+    )
+
+
+def _frame_range(start: float, end: float, frames_per_s: float, n_frames: int) -> tuple[int, int]:
+    """STFT frames whose centres lie in [start, end) (at least one)."""
+    j0 = min(max(math.ceil(start * frames_per_s - 1e-9), 0), n_frames - 1)
+    j1 = min(max(math.ceil(end * frames_per_s - 1e-9), j0 + 1), n_frames)
+    return j0, j1
+
+
+# ---------------------------------------------------------------------------------------------
+# Video: selective, downscaled decoding
+
+# Decoders known to honour AVCodecContext.skip_frame per packet (as in pipeline.video).
+_SKIP_NONREF_CODECS = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4", "vp8", "vp9"})
+
+
+@dataclass(frozen=True)
+class VideoFeatures:
+    features: np.ndarray  # (clips, Dv) float32
+    duration: float  # frames / average fps (decord's definition, as pipeline.video)
+    fps: float
+    num_frames: int
+    clips: list[tuple[float, float]]
+    samples: list[list[int]]  # frame numbers sampled per clip
+
+
+def video_features(path: str | os.PathLike[str], settings: SignalSettings = SignalSettings(), *,
+                   clip_duration: float = 2.0, clips_per_video: int = 5) -> VideoFeatures:
+    """Per-clip video features of `path`. Raises NoStreamError / MediaError with a one-line reason."""
+    import av
+
+    try:
+        sampled = _sample_frames(Path(path), settings, clip_duration, clips_per_video)
+    except MvbindError:
+        raise
+    except av.FFmpegError as err:
+        raise MediaError(_reason(err)) from err
+    except (OSError, EOFError) as err:
+        raise MediaError(_reason(err)) from err
+    count, fps, spans, plan, frames = sampled
+    if settings.remove_borders:
+        y0, y1, x0, x1 = content_box(list(frames.values()), settings.border_threshold)
+        frames = {i: f[y0:y1, x0:x1] for i, f in frames.items()}
+    spec = _video_spec(settings)
+    rows = []
+    for samples in plan:
+        clip = [frames[i] for i in samples]
+        dts = [(b - a) / fps for a, b in zip(samples, samples[1:])]
+        rows.append(_standardise(_clip_video_raw(clip, dts, settings), spec))
+    return VideoFeatures(np.stack(rows), count / fps, fps, count,
+                         [(float(a), float(b)) for a, b in spans], [list(p) for p in plan])
+
+
+def content_box(frames: list[np.ndarray], threshold: int = 24,
+                min_content: float = 0.2) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) inside the dark bars at the edges of RGB `frames` (one box per video).
+
+    An edge row/column is a bar while at most 1% of its pixels over all the frames are brighter
+    than `threshold`; a box smaller than `min_content` of a side keeps the full frame (dark scenes).
+    """
+    height, width = frames[0].shape[:2]
+    bright = np.stack([f.max(axis=2) for f in frames]) > threshold  # any channel: coloured content counts
+    rows = bright.mean(axis=(0, 2)) > 0.01
+    cols = bright.mean(axis=(0, 1)) > 0.01
+    if not rows.any() or not cols.any():
+        return 0, height, 0, width
+    y0, y1 = int(np.argmax(rows)), height - int(np.argmax(rows[::-1]))
+    x0, x1 = int(np.argmax(cols)), width - int(np.argmax(cols[::-1]))
+    if y1 - y0 < min_content * height or x1 - x0 < min_content * width:
+        return 0, height, 0, width
+    return y0, y1, x0, x1
+
+
+def clip_samples(start: float, end: float, fps: float, count: int, per_second: float) -> list[int]:
+    """Frame numbers sampled in clip [start, end): the clip's frames as decord/pytorchvideo pick them
+    (ceil(fps·start) … min(ceil(fps·end), count) − 1), every fps/per_second-th one, plus the last."""
+    first = math.ceil(fps * start)
+    stop = min(math.ceil(fps * end), count)
+    if stop <= first:
+        first = min(first, count - 1)
+        stop = first + 1
+    step = max(fps / per_second, 1.0)
+    picks = []
+    k = 0
+    while True:
+        i = first + int(math.floor(k * step + 1e-9))
+        if i >= stop:
+            break
+        picks.append(i)
+        k += 1
+    if picks[-1] != stop - 1:
+        picks.append(stop - 1)
+    return picks
+
+
+def _sample_frames(path: Path, s: SignalSettings, clip_duration: float, clips: int):
+    import av
+
+    if not path.is_file():
+        raise MediaError("file not found" if not path.exists() else "not a regular file")
+    if path.stat().st_size == 0:
+        raise MediaError("empty file (0 bytes)")
+    try:
+        container = av.open(str(path), mode="r")
+    except av.FFmpegError as err:
+        raise MediaError(f"cannot open: {_reason(err)}") from err
+    with container:
+        stream = _video_stream(container)
+        pts, keys = _packet_index(container, stream)
+        count = len(pts)
+        fps = _average_fps(stream, pts)
+        spans = clip_spans(count / fps, clip_duration, clips)
+        plan = [clip_samples(a, b, fps, count, s.frames_per_second) for a, b in spans]
+        wanted = sorted({i for p in plan for i in p})
+        scaler = _Scaler(s.frame_size)
+        frames: dict[int, np.ndarray] = {}
+        usable = None not in pts and len(set(pts)) == len(pts)
+        if usable:
+            try:
+                _decode_by_pts(container, stream, sorted(pts), sorted(keys), wanted, scaler, frames)
+            except _FallBack:
+                frames.clear()
+    missing = [i for i in wanted if i not in frames]
+    if missing:
+        _decode_sequential(path, missing, scaler, frames)
+    _fill_gaps(wanted, frames)
+    return count, fps, spans, plan, frames
+
+
+class _Scaler:
+    """av.VideoFrame -> small uint8 RGB (long side `size`, never upscaled), one size per file."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.shape: tuple[int, int] | None = None
+
+    def __call__(self, frame) -> np.ndarray:
+        if self.shape is None:
+            w, h = frame.width, frame.height
+            scale = min(1.0, self.size / max(w, h))
+            self.shape = (max(8, int(round(w * scale))), max(8, int(round(h * scale))))
+        w, h = self.shape
+        small = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA")
+        return np.ascontiguousarray(small.to_ndarray())
+
+
+class _FallBack(Exception):
+    """Timestamps cannot be trusted for this file: decode sequentially."""
+
+
+def _video_stream(container):
+    import av
+
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            stream.thread_type = "AUTO"
+            stream.thread_count = 1  # one core per file: workers parallelise across files
+            return stream
+    raise NoStreamError("no video stream")
+
+
+def _packet_index(container, stream) -> tuple[list, list[int]]:
+    """Video packets' pts in demux order (decord's frame index once sorted) and keyframe pts."""
+    import av
+
+    pts: list[int | None] = []
+    keys: list[int] = []
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0 and packet.pts is None and packet.dts is None:
+                continue  # end-of-stream flush marker
+            pts.append(packet.pts)
+            if packet.is_keyframe and packet.pts is not None:
+                keys.append(packet.pts)
+    except av.FFmpegError:
+        pass  # damaged tail: keep what was read
+    if not pts:
+        raise MediaError("no video frames")
+    return pts, keys
+
+
+def _average_fps(stream, pts: list) -> float:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate and rate > 0:
+            return float(rate)
+    known = sorted(p for p in pts if p is not None)
+    if len(known) > 1 and stream.time_base:
+        span = float((known[-1] - known[0]) * stream.time_base)
+        if span > 0:
+            return (len(known) - 1) / span
+    return 1.0
+
+
+def _decode_by_pts(container, stream, pts: list[int], keys: list[int], wanted: list[int],
+                   scaler: _Scaler, out: dict[int, np.ndarray]) -> None:
+    """Decode the wanted frame numbers, seeking to a keyframe wherever one lies between two of them."""
+    import av
+
+    targets = {pts[i]: i for i in wanted}
+    groups: list[list[int]] = []
+    for i in wanted:
+        key = _keyframe_before(keys, pts[i])
+        if groups and (key is None or key <= pts[groups[-1][-1]]):
+            groups[-1].append(i)  # no keyframe since the previous wanted frame: decode on
+        else:
+            groups.append([i])
+    ctx = stream.codec_context
+    skip = ctx.name in _SKIP_NONREF_CODECS
+    try:
+        for group in groups:
+            first, last = pts[group[0]], pts[group[-1]]
+            key = _keyframe_before(keys, first)
+            container.seek(key if key is not None else pts[0], stream=stream, backward=True, any_frame=False)
+            fresh, done = True, False
+            for packet in container.demux(stream):
+                if packet.size == 0 and (packet.pts is not None or packet.dts is not None):
+                    continue  # an empty (dropped-frame) packet would end the stream for the decoder
+                if skip:
+                    ctx.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in targets else "NONREF"
+                try:
+                    decoded = ctx.decode(packet)
+                except av.FFmpegError:
+                    continue  # a damaged packet: conceal by going on
+                for frame in decoded:
+                    if frame.pts is None or (fresh and frame.pts > first):
+                        raise _FallBack  # no timestamps, or the seek landed after the frame we want
+                    fresh = False
+                    hit = targets.get(frame.pts)
+                    if hit is not None and hit not in out:
+                        out[hit] = scaler(frame)
+                    if frame.pts >= last:
+                        done = True
+                        break
+                if done:
+                    break
+    finally:
+        ctx.skip_frame = "DEFAULT"
+
+
+def _keyframe_before(keys: list[int], pts: int) -> int | None:
+    i = bisect.bisect_right(keys, pts)
+    return keys[i - 1] if i else None
+
+
+def _decode_sequential(path: Path, wanted: list[int], scaler: _Scaler, out: dict[int, np.ndarray]) -> None:
+    """Decode from the start and count pictures (for unusable timestamps)."""
+    import av
+
+    want = set(wanted)
+    last = max(wanted)
+    count = 0
+    with av.open(str(path), mode="r") as container:
+        stream = _video_stream(container)
+        ctx = stream.codec_context
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0 and (packet.pts is not None or packet.dts is not None):
+                    continue
+                try:
+                    decoded = ctx.decode(packet)
+                except av.FFmpegError:
+                    continue
+                for frame in decoded:
+                    if count in want:
+                        out[count] = scaler(frame)
+                    count += 1
+                if count > last:
+                    break
+        except av.FFmpegError:
+            pass  # damaged tail
+
+
+def _fill_gaps(wanted: list[int], frames: dict[int, np.ndarray]) -> None:
+    """A wanted frame that gave no picture takes the nearest earlier decoded one (else the next)."""
+    have = sorted(frames)
+    if not have:
+        raise MediaError("no decodable video frames")
+    for i in wanted:
+        if i not in frames:
+            j = bisect.bisect_right(have, i)
+            frames[i] = frames[have[j - 1]] if j else frames[have[0]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Video: per-clip statistics
+
+
+def _clip_video_raw(clip: list[np.ndarray], dts: list[float], s: SignalSettings) -> np.ndarray:
+    """Raw (untransformed-by-spec) video features of one clip's sampled RGB frames."""
+    import cv2
+
+    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in clip]
+    hsv = [cv2.cvtColor(f, cv2.COLOR_RGB2HSV) for f in clip]  # H in [0, 180), S and V in [0, 255]
+    hists = [_hsv_hist(h) for h in hsv]
+    flow_grey = [_shrink(g, s.flow_size) for g in grey]
+    flow_side = float(max(flow_grey[0].shape[:2]))
+
+    means = np.array([g.mean() for g in grey]) / 255.0
+    contrast = float(np.mean([g.std() for g in grey])) / 255.0
+    sat = np.stack([h[..., 1] for h in hsv]).astype(np.float32) / 255.0
+    val = np.stack([h[..., 2] for h in hsv]).astype(np.float32) / 255.0
+    hue = np.stack([h[..., 0] for h in hsv]).astype(np.int64)
+    rgb = np.stack(clip).astype(np.float32) / 255.0
+    warmth = float((rgb[..., 0] - rgb[..., 2]).mean())
+    colourful = (sat >= s.colour_min_saturation) & (val >= s.colour_min_value)
+    # Hue histogram over colourful pixels, weighted by saturation; bin 0 centred on red.
+    width = 180.0 / s.hue_bins
+    bins = (np.floor(((hue + width / 2) % 180) / width).astype(np.int64)) % s.hue_bins
+    weights = np.where(colourful, sat, 0.0)
+    hue_hist = np.bincount(bins.ravel(), weights=weights.ravel(), minlength=s.hue_bins)
+    total = hue_hist.sum()
+    hue_share = hue_hist / total * s.hue_bins - 1.0 if total > 0 else np.zeros(s.hue_bins)
+    detail = float(np.mean([np.abs(cv2.Laplacian(g, cv2.CV_32F, ksize=1)).mean() for g in grey])) / 255.0
+
+    changes, cuts, speeds, diffs = [], 0, [], []
+    for k, dt in enumerate(dts):
+        a, b = grey[k], grey[k + 1]
+        change = 0.5 * float(np.abs(hists[k] - hists[k + 1]).sum())
+        changes.append(change)
+        diffs.append(float(cv2.absdiff(a, b).mean()) / 255.0)
+        if change > s.cut_threshold:
+            cuts += 1
+            continue  # flow across a cut is meaningless
+        flow = cv2.calcOpticalFlowFarneback(flow_grey[k], flow_grey[k + 1], None, pyr_scale=0.5, levels=3,
+                                            winsize=9, iterations=2, poly_n=5, poly_sigma=1.1, flags=0)
+        magnitude = float(np.sqrt((flow.astype(np.float64) ** 2).sum(axis=-1)).mean())
+        speeds.append(magnitude / flow_side / max(dt, 1e-6))
+    span = float(sum(dts))
+    cut_rate = cuts / span if span > 0 else 0.0
+    speeds_a = np.array(speeds) if speeds else np.zeros(1)
+
+    raw = [
+        float(means.mean()),
+        contrast,
+        float(means.std()),
+        float(sat.mean()),
+        float(sat.reshape(len(clip), -1).std(axis=1).mean()),
+        warmth,
+        float(colourful.mean()),
+        math.log(detail + 1e-4),
+        math.log1p(10.0 * float(speeds_a.mean())),
+        math.log1p(10.0 * float(speeds_a.std())),
+        math.log1p(10.0 * float(speeds_a.max())),
+        math.log1p(10.0 * (float(np.mean(diffs)) if diffs else 0.0)),
+        float(np.mean(changes)) if changes else 0.0,
+        math.log1p(cut_rate),
+    ]
+    return np.concatenate([np.array(raw), hue_share])
+
+
+def _shrink(grey: np.ndarray, size: int) -> np.ndarray:
+    """`grey` with its long side reduced to `size` (area averaging; never upscaled)."""
+    import cv2
+
+    h, w = grey.shape
+    scale = size / max(h, w)
+    if scale >= 1.0:
+        return grey
+    return cv2.resize(grey, (max(8, int(round(w * scale))), max(8, int(round(h * scale)))),
+                      interpolation=cv2.INTER_AREA)
+
+
+def _hsv_hist(hsv: np.ndarray) -> np.ndarray:
+    """Joint H(8) x S(4) x V(4) histogram, summing to 1."""
+    import cv2
+
+    hist = cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel()
+    return hist / max(float(hist.sum()), 1.0)
+
+
+def _reason(err: BaseException) -> str:
+    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return " ".join(str(text).split())[:160]
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend (pipeline.encoders contract)
+
+
+def signal_settings(config, *, download: bool = False, progress: bool = True) -> dict:
+    """The cache-namespace settings of the signal encoder (everything that changes a feature)."""
+    from pipeline.encoders import SCHEMA
+
+    s = config.signal
+    check_settings(s)
+    a, v = config.audio, config.video
+    return {
+        "schema": SCHEMA,
+        "encoder": {"name": "signal", "version": s.version},
+        "signal": dataclasses.asdict(s),
+        "audio": {"clip_duration": a.clip_duration, "clips_per_video": a.clips_per_video,
+                  "sample_rate": s.sample_rate, "features": audio_feature_names(s)},
+        "video": {"clip_duration": v.clip_duration, "clips_per_video": v.clips_per_video, "crops": 1,
+                  "size": s.frame_size, "remove_borders": s.remove_borders, "features": video_feature_names(s)},
+        "shapes": {"audio": [a.clips_per_video, len(_audio_spec(s))],
+                   "video": [v.clips_per_video, len(_video_spec(s))]},
+    }
+
+
+class SignalPreparer:
+    """path -> Prepared with the features as tensors (CPU; pickled into worker processes)."""
+
+    def __init__(self, config):
+        self.settings: SignalSettings = config.signal
+        self.audio_clip = (config.audio.clip_duration, config.audio.clips_per_video)
+        self.video_clip = (config.video.clip_duration, config.video.clips_per_video)
+
+    def __call__(self, path: str):
+        import torch
+
+        from pipeline.encoders import Prepared
+
+        audio = video = None
+        audio_reason = video_reason = ""
+        duration = 0.0
+        try:
+            v = video_features(path, self.settings, clip_duration=self.video_clip[0],
+                               clips_per_video=self.video_clip[1])
+            video, duration = torch.from_numpy(v.features), float(v.duration)
+        except MvbindError as err:
+            video_reason = str(err)
+        try:
+            a = audio_features(path, self.settings, clip_duration=self.audio_clip[0],
+                               clips_per_video=self.audio_clip[1])
+            audio = torch.from_numpy(a.features)
+            duration = duration or float(a.duration)
+        except MvbindError as err:
+            audio_reason = str(err)
+        return Prepared(audio, video, duration, audio_reason, video_reason)
+
+
+class SignalEmbedder:
+    """Identity: the prepared features are the embeddings."""
+
+    def __init__(self, config, *, progress: bool = True):
+        import torch
+
+        check_settings(config.signal)
+        self.device = torch.device("cpu")
+        self.warm_up(config.signal)
+
+    @staticmethod
+    def warm_up(settings: SignalSettings) -> None:
+        """Import librosa (numba) and compile its kernels here, in the main process before the
+        DataLoader forks its workers, so the workers inherit them instead of each paying seconds."""
+        import cv2  # noqa: F401
+        import librosa.beat  # noqa: F401
+        import librosa.feature  # noqa: F401
+        import librosa.onset  # noqa: F401
+
+        import pipeline.audio  # noqa: F401
+
+        clicks = np.zeros(int(settings.sample_rate * max(2.0, settings.min_tempo_window + 0.5)), np.float32)
+        clicks[:: settings.sample_rate // 2] = 1.0
+        waveform_features(clicks, settings, clip_duration=1.0, clips_per_video=1)
+
+    def embed(self, items) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+        def out(x):
+            return None if x is None else np.ascontiguousarray(x.numpy(), dtype=np.float32)
+
+        return [out(it.audio) for it in items], [out(it.video) for it in items]
+
+
+class SignalBackend:
+    settings = staticmethod(signal_settings)
+
+    @staticmethod
+    def preparer(config) -> SignalPreparer:
+        check_settings(config.signal)
+        return SignalPreparer(config)
+
+    @staticmethod
+    def embedder(config, *, progress: bool = True) -> SignalEmbedder:
+        return SignalEmbedder(config, progress=progress)

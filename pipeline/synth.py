@@ -51,9 +51,9 @@ def make_video(
     ext = path.suffix.lower()
     default_v = {".webm": "libvpx", ".ogv": "libtheora", ".avi": "mpeg4"}.get(ext, "libx264")
     default_a = {".webm": "libvorbis", ".ogv": "libvorbis", ".avi": "pcm_s16le"}.get(ext, "aac")
-    args += ["-c:v", vcodec or default_v]
+    args += ["-c:v", vcodec or default_v, "-pix_fmt", "yuv420p"]
     if (vcodec or default_v) == "libx264":
-        args += ["-pix_fmt", "yuv420p", "-preset", "ultrafast"]
+        args += ["-preset", "ultrafast"]
     if audio_channels is not None:
         args += ["-c:a", acodec or default_a]
     args += [*extra, "-t", str(duration), str(path)]

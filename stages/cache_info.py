@@ -34,26 +34,30 @@ def format_info(infos: list[dict], cache_dir, verbose: bool = False) -> list[str
         s = info["settings"]
         enc = s.get("encoder", {})
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(info["created"]))
+        label = "/".join(str(enc[k]) for k in ("name", "arch", "version") if k in enc)
+        if "weights" in enc:
+            label += f" weights={enc['weights']}"
         lines.append(
-            f"{info['fingerprint'][:16]}  {enc.get('name', '?')}/{enc.get('arch', '?')} weights={enc.get('weights', '?')}  "
+            f"{info['fingerprint'][:16]}  {label}  "
             f"items={info['items']} (no audio {info['items_without_audio']})  failures={info['failures']}  "
             f"shards={info['shards']}  {human_bytes(info['bytes'])}  created {created}"
         )
         a, v = s.get("audio", {}), s.get("video", {})
         shapes = s.get("shapes", {})
-        lines.append(
-            f"    audio: {a.get('clips_per_video')}×{a.get('clip_duration')}s @ {a.get('sample_rate')} Hz, "
-            f"{a.get('num_mel_bins')} mels × {a.get('target_length')}  → {shapes.get('audio')}"
-        )
-        lines.append(
-            f"    video: {v.get('clips_per_video')}×{v.get('clip_duration')}s, {v.get('frames_per_clip')} frames, "
-            f"{v.get('size')}px × {v.get('crops')} crops, borders {'removed' if v.get('remove_borders') else 'kept'}"
-            f"  → {shapes.get('video')}"
-        )
+        lines.append(f"    audio: {_layout(a, ('sample_rate', 'num_mel_bins', 'target_length'))}  → {shapes.get('audio')}")
+        lines.append(f"    video: {_layout(v, ('frames_per_clip', 'size', 'crops', 'remove_borders'))}"
+                     f"  → {shapes.get('video')}")
         lines.append(f"    path: {info['path']}")
         if verbose:
             lines.extend("    " + ln for ln in json.dumps(s, indent=2).splitlines())
     return lines
+
+
+def _layout(section: dict, keys: tuple[str, ...]) -> str:
+    """Clip layout plus whichever of `keys` the encoder's settings have."""
+    parts = [f"{section.get('clips_per_video')} clips × {section.get('clip_duration')} s"]
+    parts += [f"{k}={section[k]}" for k in keys if k in section]
+    return ", ".join(parts)
 
 
 @click.group()

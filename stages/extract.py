@@ -262,7 +262,10 @@ def _embed_batch(embedder, batch: list[Work], todo: list[InputItem], buffer: Sha
 @one_line_errors
 def extract_command(source, config_path, sets, cache_dir, arch, weights, device, batch_size, workers,
                     num_shards, shard_index, retry_failed, borders):
-    """Extract ImageBind audio and video embeddings of SOURCE (a folder of videos or a CSV/JSONL manifest)."""
+    """Extract audio and video embeddings of SOURCE (a folder of videos or a CSV/JSONL manifest).
+
+    The encoder is encoder.name in pipeline.toml: imagebind (default) or signal (hand-crafted features).
+    """
     config = resolve_config(config_path, sets, {
         "paths.cache": cache_dir, "encoder.arch": arch, "encoder.weights": weights, "encoder.device": device,
         "encoder.batch_size": batch_size, "extract.workers": workers, "extract.num_shards": num_shards,
