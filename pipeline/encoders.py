@@ -104,6 +104,8 @@ class ImageBindPreparer:
     def __init__(self, config: Config):
         self.audio_settings = config.audio
         self.video_settings = config.video
+        # One decoder thread per worker process; FFmpeg's own threading when decoding in-process.
+        self.decode_threads = 1 if config.extract.workers > 0 else 0
 
     def __call__(self, path: str) -> Prepared:
         from pipeline.audio import audio_inputs
@@ -113,7 +115,7 @@ class ImageBindPreparer:
         audio_reason = video_reason = ""
         duration = 0.0
         try:
-            v = video_inputs(path, self.video_settings)
+            v = video_inputs(path, self.video_settings, threads=self.decode_threads)
             video, duration = v.frames, float(v.duration)
         except NoStreamError as err:
             video_reason = str(err)

@@ -1,0 +1,333 @@
+"""pipeline.video: parity with ImageBind's reference output, formats, selective decoding, failures."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import subprocess
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from media import FIXTURES, make_video
+from pipeline.errors import MediaError, NoStreamError
+from pipeline.ffmpeg import ffmpeg_exe
+from pipeline.sampler import clip_spans
+from pipeline.video import VideoSettings, _Decoder, _resize, clip_plan, read_frames, video_inputs
+
+CLIP = FIXTURES / "preprocess" / "clip.mp4"
+EXPECTED = FIXTURES / "preprocess" / "clip_expected.npz"
+RAW = VideoSettings(remove_borders=False)
+MEAN = torch.tensor(VideoSettings().mean)[:, None, None, None]
+STD = torch.tensor(VideoSettings().std)[:, None, None, None]
+
+
+def ffmpeg(*args: str) -> None:
+    """ffmpeg with a timeout, for files make_video cannot express."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args]
+    subprocess.run(cmd, check=True, timeout=120)
+
+
+def all_frames(path: Path) -> list[np.ndarray]:
+    """Independent brute force: decode every frame in order (no seeking, no skipping) to RGB."""
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+
+
+def upstream_transform(frames: list[np.ndarray], plan, size: int = 224) -> torch.Tensor:
+    """ImageBind's transform written the upstream way: (C, T, H, W) float, F.interpolate, crops."""
+    out = []
+    for kept in plan.frame_indices:
+        clip = torch.from_numpy(np.stack([frames[i] for i in kept])).permute(3, 0, 1, 2).float() / 255.0
+        h, w = clip.shape[-2:]
+        new = (math.floor(h / w * size), size) if w < h else (size, math.floor(w / h * size))
+        clip = (F.interpolate(clip, size=new, mode="bilinear", align_corners=False) - MEAN) / STD
+        h, w = new
+        for idx in range(3):
+            y, x = math.ceil((h - size) / 2), math.ceil((w - size) / 2)
+            if h > w:
+                y = {0: 0, 1: y, 2: h - size}[idx]
+            else:
+                x = {0: 0, 1: x, 2: w - size}[idx]
+            out.append(clip[:, :, y : y + size, x : x + size])
+    return torch.stack(out)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("video_inputs")
+
+
+# --------------------------------------------------------------------------------------------
+# Parity with the original code
+
+
+def test_parity_with_reference():
+    ref = np.load(EXPECTED)
+    got = video_inputs(CLIP, RAW)
+    assert got.frames.shape == (15, 3, 2, 224, 224) and got.frames.dtype == torch.float32
+    diff = float(np.abs(got.frames.numpy() - ref["video"][0]).max())
+    print(f"max abs diff vs reference: {diff:.3g}")
+    assert diff < 1e-3
+    assert got.num_frames == int(ref["video_num_frames"]) == 135
+    assert got.fps == float(ref["video_fps"])
+    assert got.duration == float(ref["video_duration"])
+    assert [[float(s), float(e)] for s, e in got.plan.clips] == ref["video_clips"].tolist()
+    assert [list(r) for r in got.plan.frame_ranges] == ref["video_frame_ranges"].tolist()
+    assert [list(i) for i in got.plan.frame_indices] == ref["video_frame_indices"].tolist()
+    assert got.crop_box is None and (got.width, got.height) == (360, 640)
+
+
+def test_border_removal_leaves_reference_clip_alone():
+    raw = video_inputs(CLIP, RAW)
+    cropped = video_inputs(CLIP)
+    assert cropped.crop_box == (0, 0, 360, 640)
+    assert torch.equal(raw.frames, cropped.frames)
+
+
+def test_clip_plan_edge_cases():
+    ref = np.load(EXPECTED)
+    plan = clip_plan(135, 30.0, VideoSettings())
+    assert [list(i) for i in plan.frame_indices] == ref["video_frame_indices"].tolist()
+    short = clip_plan(9, 30.0, VideoSettings())  # 0.3 s: every clip is [0, 2) -> first and last frame
+    assert set(short.frame_ranges) == {(0, 9)} and set(short.frame_indices) == {(0, 8)}
+    single = clip_plan(1, 25.0, VideoSettings())
+    assert set(single.frame_indices) == {(0, 0)}
+    four = clip_plan(135, 30.0, VideoSettings(frames_per_clip=4))
+    assert four.frame_indices[0] == (0, 19, 39, 59)  # linspace(0, 59, 4).long()
+
+
+def test_resize_equals_interpolate():
+    rng = np.random.default_rng(0)
+    for h, w in [(640, 360), (96, 128), (1080, 1920), (224, 224), (224, 300), (287, 161), (7, 5)]:
+        frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        x = torch.from_numpy(frame).permute(2, 0, 1).float()[None] / 255.0
+        new = (math.floor(h / w * 224), 224) if w < h else (224, math.floor(w / h * 224))
+        want = F.interpolate(x, size=new, mode="bilinear", align_corners=False)[0]
+        got = torch.from_numpy(_resize(frame, 224))
+        assert got.shape == want.shape
+        assert float((got - want).abs().max()) < 1e-5
+
+
+def test_settings_are_plain_and_validated():
+    fields = dataclasses.asdict(VideoSettings())
+    assert all(isinstance(v, (int, float, bool, tuple)) for v in fields.values())
+    assert hash(VideoSettings()) == hash(VideoSettings())
+    with pytest.raises(ValueError):
+        VideoSettings(crops=2)
+
+
+def test_single_crop_is_the_centre_crop():
+    three = video_inputs(CLIP, RAW).frames
+    one = video_inputs(CLIP, dataclasses.replace(RAW, crops=1)).frames
+    assert one.shape == (5, 3, 2, 224, 224)
+    assert torch.equal(one, three[1::3])
+
+
+# --------------------------------------------------------------------------------------------
+# Sizes, durations, containers
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, num_frames, size",
+    [
+        ("tiny.mp4", dict(size=(128, 96), fps=25, duration=2), 50, (128, 96)),
+        ("hd.mp4", dict(size=(1920, 1080), fps=30, duration=1), 30, (1920, 1080)),
+        ("landscape.mp4", dict(size=(320, 180), fps=15, duration=3), 45, (320, 180)),
+        ("portrait.mp4", dict(size=(180, 320), fps=15, duration=3), 45, (180, 320)),
+        ("short.mp4", dict(size=(160, 288), fps=30, duration=0.3), 9, (160, 288)),
+        ("one.mp4", dict(size=(160, 288), fps=25, duration=1, extra=("-frames:v", "1")), 1, (160, 288)),
+        ("odd.mp4", dict(size=(160, 288), fps=15, duration=1, extra=("-vf", "scale=161:287", "-pix_fmt", "yuv444p")), 15, (161, 287)),
+    ],
+)
+def test_sizes_and_durations(media, name, kwargs, num_frames, size):
+    path = make_video(media / name, audio_channels=None, **kwargs)
+    got = video_inputs(path)
+    assert got.frames.shape == (15, 3, 2, 224, 224)
+    assert torch.isfinite(got.frames).all()
+    assert got.num_frames == num_frames and (got.width, got.height) == size
+    assert got.duration == pytest.approx(num_frames / got.fps)
+    if num_frames / got.fps <= 2:  # every clip is [0, 2): the first and the last frame
+        assert set(got.plan.frame_indices) == {(0, num_frames - 1)}
+        assert all(torch.equal(got.frames[0], got.frames[3 * c]) for c in range(5))
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("vp8.webm", dict(extra=("-g", "10", "-deadline", "realtime", "-cpu-used", "8"))),
+        ("vp9.webm", dict(vcodec="libvpx-vp9", extra=("-g", "10", "-deadline", "realtime", "-cpu-used", "8"))),
+        ("theora.ogv", {}),
+        ("mpeg4.mkv", dict(vcodec="mpeg4", acodec="aac", extra=("-bf", "2"))),
+        ("msmpeg4v2.mkv", dict(vcodec="msmpeg4v2", acodec="aac")),
+        ("mjpeg.mkv", dict(vcodec="mjpeg", acodec="aac")),
+        ("mpeg4.avi", {}),
+    ],
+)
+def test_containers_and_codecs_match_brute_force(media, name, kwargs):
+    kwargs = dict(kwargs)
+    path = make_video(media / name, duration=3, size=(160, 288), fps=15, extra=kwargs.pop("extra", ("-g", "10")), **kwargs)
+    got = video_inputs(path, RAW)
+    frames = all_frames(path)
+    assert got.num_frames == len(frames) == 45 and got.fps == 15.0
+    expected = upstream_transform(frames, got.plan)
+    assert float((got.frames - expected).abs().max()) < 1e-5
+
+
+# --------------------------------------------------------------------------------------------
+# Selective decoding equals brute force
+
+
+def check_selective(path: Path, wanted: list[int] | None = None) -> list[np.ndarray]:
+    frames = all_frames(path)
+    wanted = wanted or sorted({0, len(frames) - 1, *range(3, len(frames), 37), *range(5, len(frames), 23)})
+    got = read_frames(path, wanted)
+    bad = [i for i in wanted if not np.array_equal(got[i], frames[i])]
+    assert not bad, f"frames differ from brute force: {bad}"
+    return frames
+
+
+def test_vfr(media):
+    path = make_video(
+        media / "vfr.mp4", duration=6, size=(160, 288), fps=30, audio_channels=None,
+        extra=("-vf", r"select=lt(n\,40)+not(mod(n\,4))", "-fps_mode", "vfr"),
+    )  # fmt: skip
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None)
+        rate = float(stream.average_rate)
+    steps = set(np.diff(pts).tolist())
+    assert len(steps) > 1, "the test file should have a variable frame rate"
+    frames = check_selective(path)
+    got = video_inputs(path, RAW)
+    assert got.num_frames == len(pts) == len(frames) and got.fps == rate
+    for (start, end), (first, stop) in zip(clip_spans(len(pts) / rate, 2.0, 5), got.plan.frame_ranges, strict=True):
+        assert (first, stop) == (math.ceil(rate * float(start)), min(math.ceil(rate * float(end)), len(pts)))
+    assert float((got.frames - upstream_transform(frames, got.plan)).abs().max()) < 1e-5
+
+
+def test_long_gop_with_b_frames(media):
+    path = make_video(
+        media / "longgop.mp4", duration=8, size=(160, 288), fps=30, audio_channels=None,
+        extra=("-preset", "medium", "-g", "300", "-bf", "3"),
+    )  # fmt: skip
+    frames = check_selective(path)
+    got = video_inputs(path, RAW)
+    assert float((got.frames - upstream_transform(frames, got.plan)).abs().max()) < 1e-5
+
+
+def test_short_gop_seeks_instead_of_decoding_everything(media, monkeypatch):
+    path = make_video(
+        media / "shortgop.mkv", duration=8, size=(160, 288), fps=30, acodec="aac",
+        extra=("-preset", "medium", "-g", "15", "-bf", "2"),
+    )  # fmt: skip
+    frames = check_selective(path)
+    decoded = []
+    packets = _Decoder._packets
+
+    def counting(self, seek_pts, targets):
+        for frame in packets(self, seek_pts, targets):
+            decoded.append(frame.pts)
+            yield frame
+
+    monkeypatch.setattr(_Decoder, "_packets", counting)
+    got = video_inputs(path, RAW)
+    assert len(decoded) < len(frames) / 3, f"decoded {len(decoded)} of {len(frames)} frames"
+    assert float((got.frames - upstream_transform(frames, got.plan)).abs().max()) < 1e-5
+
+
+def test_rotation_is_applied_like_ffmpeg(media):
+    source = make_video(media / "unrotated.mp4", duration=1, size=(128, 96), fps=15, audio_channels=None)
+    path = media / "rot90.mp4"
+    ffmpeg("-display_rotation", "90", "-i", str(source), "-c", "copy", str(path))
+    raw = subprocess.run(
+        [ffmpeg_exe(), "-loglevel", "error", "-i", str(path), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    frame = read_frames(path, [0])[0]
+    assert frame.shape == (128, 96, 3)
+    assert np.array_equal(np.frombuffer(raw, np.uint8).reshape(frame.shape), frame)
+    got = video_inputs(path)
+    assert (got.width, got.height) == (96, 128)
+
+
+def test_read_frames_range_check():
+    with pytest.raises(ValueError):
+        read_frames(CLIP, [135])
+
+
+# --------------------------------------------------------------------------------------------
+# Failures: a short one-line reason
+
+
+def assert_short(err: pytest.ExceptionInfo) -> None:
+    text = str(err.value)
+    assert text and "\n" not in text and len(text) <= 200
+
+
+def test_no_video_stream(media):
+    path = media / "audio.m4a"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "aac", str(path))
+    with pytest.raises(NoStreamError, match="no video stream") as err:
+        video_inputs(path)
+    assert_short(err)
+
+
+@pytest.mark.parametrize("kind", ["zero", "text", "missing", "moov_at_end_truncated", "no_picture_data"])
+def test_unusable_files(media, kind):
+    path = media / f"{kind}.mp4"
+    if kind == "zero":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not a video\n" * 20)
+    elif kind == "moov_at_end_truncated":
+        whole = make_video(media / "moov_end.mp4", duration=2, size=(160, 288), fps=15)
+        data = whole.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "no_picture_data":
+        whole = make_video(media / "faststart.mp4", duration=2, size=(160, 288), fps=15, audio_channels=None, extra=("-movflags", "+faststart"))
+        data = bytearray(whole.read_bytes())
+        start = data.find(b"mdat") + 4
+        data[start:] = bytes(len(data) - start)  # every coded picture zeroed
+        path.write_bytes(bytes(data))
+    with pytest.raises(MediaError) as err:
+        video_inputs(path)
+    assert not isinstance(err.value, NoStreamError)
+    assert_short(err)
+
+
+def test_truncated_faststart_file_gives_what_is_decodable(media):
+    whole = make_video(media / "fs.mp4", duration=4, size=(160, 288), fps=15, extra=("-movflags", "+faststart"))
+    data = whole.read_bytes()
+    path = media / "fs_half.mp4"
+    path.write_bytes(data[: len(data) // 2])
+    try:
+        got = video_inputs(path)
+    except MediaError as err:  # acceptable too, as long as it is a short reason
+        assert "\n" not in str(err)
+        return
+    assert got.frames.shape == (15, 3, 2, 224, 224) and torch.isfinite(got.frames).all()
+    assert 0 < got.num_frames < 60
+
+
+def test_resolution_change_keeps_the_first_size(media):
+    parts = []
+    for i, size in enumerate(["320x240", "160x120"]):
+        part = media / f"part{i}.ts"
+        ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25:duration=1", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(part))
+        parts.append(part.read_bytes())
+    path = media / "switch.ts"
+    path.write_bytes(b"".join(parts))  # MPEG-TS concatenates byte-wise
+    got = video_inputs(path)
+    assert got.num_frames == 50 and (got.width, got.height) == (320, 240)
+    assert {f.shape for f in read_frames(path, [0, 49]).values()} == {(240, 320, 3)}
+
+
+def test_thread_count_does_not_change_the_result():
+    wanted = [0, 19, 59, 134]
+    one, auto = read_frames(CLIP, wanted, threads=1), read_frames(CLIP, wanted)
+    assert all(np.array_equal(one[i], auto[i]) for i in wanted)
