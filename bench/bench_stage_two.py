@@ -1,0 +1,229 @@
+"""Stage-two benchmark: training epochs and evaluation on cached-size inputs, against their matmul floors.
+
+    python bench/bench_stage_two.py                 # 10k and 100k (100k epoch timed on 60 steps)
+    python bench/bench_stage_two.py --full          # time the whole 100k epoch
+    python bench/bench_stage_two.py --sizes 10000 --json out.json
+    python bench/bench_stage_two.py --sizes 100000 --eval-dims-large 256   # the 256-d 100k eval (minutes)
+
+Reports, for the default projector (residual MLP 1024 -> 1024 -> 256, batch 256, mean pooling):
+  - seconds per training epoch and pairs/s (stages.train.train_epoch: the loop `cli.py train` runs),
+  - the same epoch's pure matrix multiplies (every GEMM of forward and backward, same shapes and
+    count, nothing else): the overhead of everything else is the ratio;
+  - eval: exact ranks both directions over a gallery (pipeline.metrics.retrieval_ranks) at the
+    projector's 256-d (and ImageBind's 1024-d for the zero-shot baseline; 64-d by default for
+    100k), in a fresh subprocess for a clean peak RSS, with the time spent in its matmuls
+    (the floor: 2·n²·d flops);
+  - loading and pooling a real 10k-item HDF5 cache (ImageBind shapes: audio 3x1024, video 15x1024).
+Timings depend on the machine's load: the load average is printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.loss import BindingLoss  # noqa: E402
+from pipeline.projector import BindingModel, Head, ProjectorSpec, param_groups  # noqa: E402
+from stages.train import train_epoch  # noqa: E402
+
+BATCH = 256
+
+
+def spec_for(projector: str) -> ProjectorSpec:
+    return ProjectorSpec(audio_dim=1024, video_dim=1024, audio_clips=3, video_clips=15, projector=projector,
+                         embed_dim=256, hidden_dim=1024, depth=1, dropout=0.1)
+
+
+def unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+
+
+def matmul_plan(model: BindingModel, batch: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every GEMM in one training step's forward and backward."""
+    plan = []
+    for head in (model.video_head, model.audio_head):
+        assert isinstance(head, Head)
+        linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+        has_params_before = any(True for _ in head.blocks.parameters())  # LayerNorm gains precede fc1
+        for i, lin in enumerate(linears):
+            k, n = lin.in_features, lin.out_features
+            plan.append((batch, k, n))  # forward
+            plan.append((n, batch, k))  # grad of the weight
+            if i > 0 or has_params_before:
+                plan.append((batch, n, k))  # grad of the input
+    e = model.spec.embed_dim
+    plan += [(batch, e, batch), (batch, batch, e), (batch, batch, e)]  # logits and their two grads
+    return plan
+
+
+def time_matmuls(plan: list[tuple[int, int, int]], steps: int) -> float:
+    ops = [(torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)) for m, k, n in plan]
+    for a, b, c in ops:
+        torch.mm(a, b, out=c)
+    t = time.perf_counter()
+    for _ in range(steps):
+        for a, b, c in ops:
+            torch.mm(a, b, out=c)
+    return time.perf_counter() - t
+
+
+def bench_epoch(n: int, projector: str, max_steps: int | None, repeats: int) -> dict:
+    """Best of `repeats` (a busy shared machine only ever makes a run slower), epoch and floor interleaved."""
+    torch.manual_seed(0)
+    model = BindingModel(spec_for(projector))
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.98), eps=1e-6, fused=True)
+    loss_fn = BindingLoss()
+    video, audio = unit_rows(n, 1024, 1), unit_rows(n, 1024, 2)
+    groups = torch.arange(n)
+    steps = n // BATCH
+    timed_rows = n if max_steps is None or max_steps >= steps else max_steps * BATCH
+    timed_steps = timed_rows // BATCH
+    gen = torch.Generator().manual_seed(0)
+    warm = 4 * BATCH
+    train_epoch(model, opt, loss_fn, video[:warm], audio[:warm], groups[:warm], batch_size=BATCH, generator=gen,
+                lr_of_step=lambda i: 1e-3)
+    plan = matmul_plan(model, BATCH)
+    epoch_times, floor_times = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        train_epoch(model, opt, loss_fn, video[:timed_rows], audio[:timed_rows], groups[:timed_rows],
+                    batch_size=BATCH, generator=gen, lr_of_step=lambda i: 1e-3)
+        epoch_times.append((time.perf_counter() - t) / timed_steps)
+        floor_times.append(time_matmuls(plan, timed_steps) / timed_steps)
+    step_s, mm_step_s = min(epoch_times), min(floor_times)
+    flops = sum(2 * m * k * nn for m, k, nn in plan)
+    return {"pairs": n, "projector": projector, "steps": steps, "timed_steps": timed_steps, "repeats": repeats,
+            "epoch_s": step_s * steps, "pairs_per_s": BATCH / step_s, "matmul_epoch_s": mm_step_s * steps,
+            "overhead_ratio": step_s / mm_step_s, "gflop_per_step": flops / 1e9,
+            "matmul_gflops": flops / mm_step_s / 1e9,
+            "all_epoch_s": [x * steps for x in epoch_times], "all_matmul_epoch_s": [x * steps for x in floor_times]}
+
+
+def _proc_status(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in bytes (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def eval_worker(n: int, d: int) -> dict:
+    """Runs in a fresh process: exact ranks both ways for n items at d dims."""
+    from pipeline.metrics import retrieval_ranks, summarize
+
+    video = unit_rows(n, d, 3)
+    audio = torch.nn.functional.normalize(video + 1.2 * unit_rows(n, d, 4), dim=1)
+    groups = np.arange(n)
+    shared = np.random.default_rng(0).choice(n, size=n // 20 // 3 * 3, replace=False)
+    groups[shared] = shared.reshape(-1, 3)[:, :1].repeat(3, axis=1).reshape(-1)  # 5% of items in groups of 3
+    rss_inputs = _proc_status("VmRSS")
+    mm_time = [0.0]
+    real_mm = torch.mm
+
+    def timed_mm(*args, **kw):
+        t = time.perf_counter()
+        out = real_mm(*args, **kw)
+        mm_time[0] += time.perf_counter() - t
+        return out
+
+    torch.mm = timed_mm
+    t = time.perf_counter()
+    v2m, m2v = retrieval_ranks(video, audio, groups, chunk_mb=256)
+    seconds = time.perf_counter() - t
+    peak = _proc_status("VmHWM")  # this process's peak RSS (ru_maxrss would include the parent's, inherited at fork)
+    return {"gallery": n, "dim": d, "seconds": seconds, "matmul_seconds": mm_time[0],
+            "peak_rss_gb": peak / 2**30, "rss_inputs_gb": rss_inputs / 2**30,
+            "R@10_v2m": summarize(v2m)["R@10"], "R@10_m2v": summarize(m2v)["R@10"]}
+
+
+def bench_eval(n: int, d: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--eval-worker", str(n), str(d)], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_cache_load(n: int) -> dict:
+    from cache import FeatureCache
+    from pipeline.pairs import load_pairs
+    from pipeline.planted import write_planted
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        ns = write_planted(Path(tmp) / "cache", n, audio_shape=(3, 1024), video_shape=(15, 1024), shard_size=2048)
+        write_s = time.perf_counter() - t
+        ns = FeatureCache(Path(tmp) / "cache").find(ns.fingerprint[:8])
+        t = time.perf_counter()
+        pairs = load_pairs(ns)
+        load_s = time.perf_counter() - t
+        size = sum(p.stat().st_size for p in ns.shard_paths())
+    return {"items": n, "write_s": write_s, "load_pool_s": load_s, "shard_gb": size / 2**30, "usable": len(pairs)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--full", action="store_true", help="time whole epochs at every size (slow at 100k)")
+    ap.add_argument("--steps-100k", type=int, default=60, help="steps timed per large epoch without --full")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats per epoch measurement (best is kept)")
+    ap.add_argument("--eval-dims-large", default="64",
+                    help="embedding sizes for galleries over 10k (256 takes minutes: 2·n²·d flops)")
+    ap.add_argument("--skip-epochs", action="store_true", help="only the eval (and cache) measurements")
+    ap.add_argument("--skip-cache", action="store_true", help="skip the HDF5 write/load measurement")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--eval-worker", nargs=2, type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.eval_worker:
+        print(json.dumps(eval_worker(*args.eval_worker)))
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    load_before = os.getloadavg()
+    info = {"cpu_threads": torch.get_num_threads(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "batch": BATCH}
+    results = {"machine": info, "epochs": [], "eval": [], "cache": None}
+    print(f"# stage-two benchmark ({os.cpu_count()}-core CPU, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; load average before {load_before[0]:.2f})\n", flush=True)
+    for n in sizes if not args.skip_epochs else []:
+        for projector in (("mlp", "linear") if n <= 10000 else ("mlp",)):
+            limit = None if args.full or n <= 10000 else args.steps_100k
+            r = bench_epoch(n, projector, limit, args.repeats)
+            results["epochs"].append(r)
+            note = "" if r["timed_steps"] == r["steps"] else f" (timed {r['timed_steps']} of {r['steps']} steps)"
+            note += f" [best of {r['repeats']}]"
+            print(f"epoch  {n:>7} pairs  {projector:6s}  {r['epoch_s']:7.2f} s/epoch  {r['pairs_per_s']:8.0f} pairs/s  "
+                  f"matmul-only {r['matmul_epoch_s']:7.2f} s  ratio {r['overhead_ratio']:.2f}x  "
+                  f"({r['matmul_gflops']:.0f} GFLOP/s in GEMM){note}", flush=True)
+    for n in sizes:
+        dims = (256, 1024) if n <= 10000 else tuple(int(x) for x in args.eval_dims_large.split(","))
+        for d in dims:
+            r = bench_eval(n, d)
+            results["eval"].append(r)
+            print(f"eval   {n:>7} gallery {d:5d}-d  {r['seconds']:7.2f} s  (matmul {r['matmul_seconds']:.2f} s, "
+                  f"{2 * n * n * d / max(r['matmul_seconds'], 1e-9) / 1e9:.0f} GFLOP/s)  peak RSS "
+                  f"{r['peak_rss_gb']:.2f} GB (inputs {r['rss_inputs_gb']:.2f} GB)", flush=True)
+    if not args.skip_cache:
+        r = bench_cache_load(10000)
+        results["cache"] = r
+        print(f"cache  {r['items']:>7} items  write {r['write_s']:.1f} s  load+pool {r['load_pool_s']:.1f} s  "
+              f"({r['shard_gb']:.2f} GB of shards)", flush=True)
+    results["load_average"] = {"before": load_before, "after": os.getloadavg()}
+    print(f"\nload average after {os.getloadavg()[0]:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The binding projector: one small head per modality into a shared space, plus the temperature.
+
+    video clips ─► pool ─► L2 ─► head_v ─► L2 ─┐
+                                               ├─► cosine · exp(logit_scale)  (clamped at 100)
+    audio clips ─► pool ─► L2 ─► head_a ─► L2 ─┘
+
+A head is either one linear map, or `depth` pre-LayerNorm residual MLP blocks at the input
+width (x + Drop(W2 GELU(W1 LN(x)))) followed by LayerNorm and a linear map to `embed_dim`.
+`ProjectorSpec` holds every shape-determining choice; it is stored in checkpoints and a
+checkpoint is only loaded into a model of the same spec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.pooling import make_pool
+
+
+@dataclass(frozen=True)
+class ProjectorSpec:
+    audio_dim: int
+    video_dim: int
+    audio_clips: int
+    video_clips: int
+    pooling: str = "mean"
+    projector: str = "mlp"
+    embed_dim: int = 256
+    hidden_dim: int = 1024
+    depth: int = 1
+    dropout: float = 0.1
+    init_temperature: float = 0.07
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ProjectorSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_train_config(cls, t, *, audio_shape: tuple[int, int], video_shape: tuple[int, int]) -> ProjectorSpec:
+        return cls(audio_dim=int(audio_shape[1]), video_dim=int(video_shape[1]),
+                   audio_clips=int(audio_shape[0]), video_clips=int(video_shape[0]),
+                   pooling=t.pooling, projector=t.projector, embed_dim=t.embed_dim, hidden_dim=t.hidden_dim,
+                   depth=t.depth, dropout=t.dropout, init_temperature=t.init_temperature)
+
+
+class ResidualBlock(nn.Module):
+    """Pre-LayerNorm residual MLP block: x + Dropout(W2 GELU(W1 LN(x)))."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.ln = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln(x)))))
+
+
+class Head(nn.Module):
+    def __init__(self, in_dim: int, spec: ProjectorSpec):
+        super().__init__()
+        if spec.projector == "linear":
+            self.blocks = nn.Sequential()
+            self.ln_out = nn.Identity()
+        elif spec.projector == "mlp":
+            blocks = [ResidualBlock(in_dim, spec.hidden_dim, spec.dropout) for _ in range(spec.depth)]
+            self.blocks = nn.Sequential(*blocks)
+            self.ln_out = nn.LayerNorm(in_dim)
+        else:
+            raise ValueError(f"unknown projector {spec.projector!r}; choose linear or mlp")
+        self.proj = nn.Linear(in_dim, spec.embed_dim, bias=spec.projector != "linear")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.proj(self.ln_out(self.blocks(x))), dim=-1)
+
+
+class BindingModel(nn.Module):
+    """Pool + head per modality and CLIP's learnable logit scale."""
+
+    def __init__(self, spec: ProjectorSpec):
+        super().__init__()
+        self.spec = spec
+        self.video_pool = make_pool(spec.pooling, spec.video_dim)
+        self.audio_pool = make_pool(spec.pooling, spec.audio_dim)
+        self.video_head = Head(spec.video_dim, spec)
+        self.audio_head = Head(spec.audio_dim, spec)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / spec.init_temperature)))
+
+    def encode_video(self, x: Tensor) -> Tensor:
+        """(n, clips, dim) per-clip, or (n, dim) already mean-pooled -> (n, embed_dim) unit vectors."""
+        return self.video_head(self.video_pool(x))
+
+    def encode_audio(self, x: Tensor) -> Tensor:
+        return self.audio_head(self.audio_pool(x))
+
+    def forward(self, video: Tensor, audio: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.encode_video(video), self.encode_audio(audio), self.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale(self, max_scale: float) -> None:
+        """CLIP: keep exp(logit_scale) in [1, max_scale] (done after every optimiser step)."""
+        self.logit_scale.clamp_(0, math.log(max_scale))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """open_clip's rule: decay matrices only; not biases, LayerNorm gains, the pooling query, logit_scale."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "logit_scale" in name or ".ln" in name or "bias" in name or "query" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]

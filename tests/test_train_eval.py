@@ -1,0 +1,243 @@
+"""Stage two end to end on planted caches: train, evaluate, refuse bad input.
+
+The caches hold synthetic per-clip embeddings whose audio and video come from different
+fixed random nonlinear maps of shared latent factors (pipeline.planted): a trained projector
+can find the pairing, raw cosine can't. No encoder weights exist (MVBIND_HOME is empty), the
+encoder modules are made unimportable, and no item path exists on disk.
+"""
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from cache import FeatureCache, Row
+from pipeline.config import load_config
+from pipeline.pairs import select_namespace
+from pipeline.planted import write_planted
+from stages import evaluate as evaluate_stage
+from stages import train as train_stage
+
+SMALL_MODEL = ["train.hidden_dim=128", "train.embed_dim=32", "train.batch_size=128", "train.threads=1",
+               "train.patience=4", "eval.chunk_mb=16"]
+BLOCKED = ("pipeline.imagebind", "pipeline.weights", "pipeline.encoders")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage2")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MVBIND_HOME", str(root / "home"))  # no weights file anywhere
+    for name in BLOCKED:  # stage two must not need an encoder or a decoder
+        mp.setitem(sys.modules, name, None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield root
+    torch.set_num_threads(before)
+    mp.undo()
+
+
+def options(root, cache="cache", *extra):
+    sets = [f"paths.cache={root / cache}", f"paths.runs={root / 'runs'}", *SMALL_MODEL, *extra]
+    return [x for s in sets for x in ("--set", s)]
+
+
+def config(root, cache="cache", **overrides):
+    base = {"paths.cache": str(root / cache), "paths.runs": str(root / "runs")}
+    base.update(dict(s.split("=", 1) for s in SMALL_MODEL))
+    base.update(overrides)
+    return load_config(overrides=base)
+
+
+@pytest.fixture(scope="module")
+def planted(home):
+    ns = write_planted(home / "cache", 1500, noise=2.0, jitter=0.6, shared_fraction=0.15, no_audio=6, seed=0,
+                       shard_size=400)
+    return ns
+
+
+@pytest.fixture(scope="module")
+def trained(home, planted):
+    code = train_stage.main(["--cache", planted.fingerprint[:10], "--name", "planted", "--quiet", "--epochs", "12",
+                             *options(home)])
+    assert code == 0
+    return home / "runs" / "planted"
+
+
+def test_train_writes_a_complete_run_dir(trained, planted):
+    for name in ("config.json", "cache.json", "split.json", "groups.json", "model.json", "metrics.jsonl",
+                 "best.pt", "final_metrics.json"):
+        assert (trained / name).is_file(), name
+    cache = json.loads((trained / "cache.json").read_text())
+    assert cache["fingerprint"] == planted.fingerprint
+    assert cache["skipped"]["no_audio"] == 6 and cache["usable_pairs"] == 1494
+    split = json.loads((trained / "split.json").read_text())
+    assert split["rule"] == "hash"
+    assert not set(split["test"]) & (set(split["train"]) | set(split["val"]))
+    assert len(split["train"]) + len(split["val"]) + len(split["test"]) == 1494
+    groups = json.loads((trained / "groups.json").read_text())
+    assert groups["summary"]["groups"] >= 60 and groups["summary"]["largest"] == 3
+    for members in groups["groups"]:  # a shared track never straddles splits
+        assert len({s for s in ("train", "val", "test") for k in members if k in set(split[s])}) == 1
+    epochs = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    final = json.loads((trained / "final_metrics.json").read_text())
+    assert len(epochs) == final["epochs_run"] and epochs[final["best_epoch"] - 1]["improved"]
+    assert {"train_loss", "lr", "logit_scale", "val"} <= set(epochs[0])
+    ck = torch.load(trained / "best.pt", weights_only=True)
+    assert ck["fingerprint"] == planted.fingerprint and ck["epoch"] == final["best_epoch"]
+
+
+def test_trained_projector_beats_chance_and_raw_cosine_on_test(trained, home, capsys):
+    code = evaluate_stage.main(["planted", "--name", "planted-eval", *options(home)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| planted | video→music |" in printed and "| zero-shot planted cosine |" in printed
+    out = home / "runs" / "_evals" / "planted-eval"
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = {r["kind"]: r for r in metrics["rows"]}
+    test_size = len(json.loads((trained / "split.json").read_text())["test"])
+    assert rows["run"]["gallery"] == rows["chance"]["gallery"] == rows["zero_shot"]["gallery"] == test_size
+    for direction in ("video_to_music", "music_to_video"):
+        run, chance, raw = (rows[k][direction] for k in ("run", "chance", "zero_shot"))
+        assert run["R@10"] > 5 * chance["R@10"] and run["R@10"] > raw["R@10"] + 0.3
+        assert run["R@1"] > 5 * max(chance["R@1"], raw["R@1"])
+        assert run["median_rank"] < raw["median_rank"] / 4
+    assert (out / "table.md").read_text().count("|") > 50
+    assert (out / "recall_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_namespace_falls_back_to_the_only_one_without_encoder(home, planted):
+    notes = []
+    ns = select_namespace(home / "cache", "", config(home), say=notes.append)
+    assert ns.fingerprint == planted.fingerprint and "the only one" in notes[0]
+
+
+def test_baselines_need_no_run(home, planted):
+    out, metrics = evaluate_stage.evaluate(config(home), [], cache=planted.fingerprint[:8], name="baselines")
+    kinds = [r["kind"] for r in metrics["rows"]]
+    assert kinds == ["chance", "zero_shot"] and metrics["rows"][0]["gallery"] > 100
+    assert (out / "recall_at_k.png").exists()
+
+
+def small_cache(home, name, n=400, **kw):
+    return write_planted(home / name, n, noise=1.0, seed=1, **kw)
+
+
+def test_same_command_gives_same_numbers(home):
+    ns = small_cache(home, "cache-small")
+    args = ["--cache", ns.fingerprint[:8], "--quiet", "--epochs", "2",
+            *options(home, "cache-small", "train.batch_size=64", "train.pooling=attention")]
+    assert train_stage.main(["--name", "det-a", *args]) == 0
+    assert train_stage.main(["--name", "det-b", *args]) == 0
+
+    def numbers(run):
+        lines = [json.loads(x) for x in (home / "runs" / run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in rec.items() if "seconds" not in k} for rec in lines]
+
+    assert numbers("det-a") == numbers("det-b")
+    a = torch.load(home / "runs" / "det-a" / "best.pt", weights_only=True)["state_dict"]
+    b = torch.load(home / "runs" / "det-b" / "best.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "video_pool.query" in a  # attention pooling was trained
+    _, metrics = evaluate_stage.evaluate(config(home, "cache-small"), ["det-a"], name="det-eval", baselines=False)
+    assert metrics["rows"][0]["video_to_music"]["R@50"] > 0
+
+
+def test_existing_run_dir_is_refused_unless_overwrite(home, capsys):
+    ns = small_cache(home, "cache-small")
+    args = ["--cache", ns.fingerprint[:8], "--quiet", "--epochs", "1", *options(home, "cache-small",
+                                                                                  "train.batch_size=64")]
+    assert train_stage.main(["--name", "again", *args]) == 0
+    marker = home / "runs" / "again" / "note.txt"
+    marker.write_text("mine")
+    capsys.readouterr()
+    assert train_stage.main(["--name", "again", *args]) == 2
+    err = capsys.readouterr().err
+    assert "again already exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert marker.exists()  # nothing deleted
+    assert train_stage.main(["--name", "again", "--overwrite", *args]) == 0
+    assert "removing the existing directory" in capsys.readouterr().err and not marker.exists()
+    stranger = home / "runs" / "not-a-run"
+    stranger.mkdir(parents=True)
+    (stranger / "thesis.tex").write_text("precious")
+    assert train_stage.main(["--name", "not-a-run", "--overwrite", *args]) == 2
+    assert "refusing to delete" in capsys.readouterr().err and (stranger / "thesis.tex").exists()
+
+
+def test_checkpoint_from_another_cache_or_shape_is_refused(home, trained, capsys):
+    other = small_cache(home, "cache")  # a second namespace in the planted run's cache dir
+    try:
+        code = evaluate_stage.main(["planted", "--cache", other.fingerprint[:8], "--name", "wrong", *options(home)])
+        err = capsys.readouterr().err
+        assert code == 2 and "trained on cache" in err and len(err.strip().splitlines()) == 1
+        clone = home / "runs" / "planted-clone"
+        shutil.copytree(trained, clone)
+        spec = json.loads((clone / "model.json").read_text())
+        spec["embed_dim"] = 16
+        (clone / "model.json").write_text(json.dumps(spec))
+        code = evaluate_stage.main(["planted-clone", "--name", "clone", *options(home)])
+        err = capsys.readouterr().err
+        assert code == 2 and "projector shape differs" in err and "embed_dim 32 (expected 16)" in err
+    finally:
+        shutil.rmtree(other.root)  # keep the planted cache dir to one namespace
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "few", "no-val", "nan", "range"])
+def test_bad_input_is_one_line(home, case, capsys):
+    cache = f"cache-{case}"
+    extra = []
+    prefix = "0000"
+    if case == "empty":
+        prefix = FeatureCache(home / cache).create({"shapes": {"audio": [3, 8], "video": [15, 8]}}).fingerprint[:8]
+    elif case == "few":
+        prefix = write_planted(home / cache, 60, seed=2).fingerprint[:8]
+    elif case == "no-val":
+        prefix = small_cache(home, cache).fingerprint[:8]
+        extra = ["train.val_fraction=0", "train.batch_size=32"]
+    elif case == "nan":
+        ns = small_cache(home, cache, shard_size=100)
+        bad = np.zeros((15, 64), np.float32)
+        bad[3, 7] = np.nan
+        ns.write_shard([Row("f" * 32, "/nonexistent/x.mp4", np.ones((3, 64)), np.ones((15, 64)), 1.0),
+                        Row("e" * 32, "/nonexistent/y.mp4", np.ones((3, 64)), bad, 1.0)])
+        prefix = ns.fingerprint[:8]
+    elif case == "range":
+        extra = ["train.lr=-1"]
+    code = train_stage.main(["--cache", prefix, "--quiet", "--name", f"bad-{case}", *options(home, cache, *extra)])
+    lines = capsys.readouterr().err.strip().splitlines()  # notices first, then the one-line error
+    err = lines[-1]
+    assert code == 2 and err.startswith("error: ") and sum(x.startswith("error") for x in lines) == 1
+    expected = {
+        "missing": "no cache namespace matches '0000'",
+        "empty": "holds no items",
+        "few": "fewer than train.batch_size = 128",
+        "no-val": "the val split is empty",
+        "nan": "row 1 (key eeee",
+        "range": "setting train.lr: must be > 0, got -1",
+    }[case]
+    assert expected in err
+    if case == "nan":
+        assert ".h5 row 1" in err and "nan or inf" in err
+    assert not (home / "runs" / f"bad-{case}").exists()  # nothing written for a refused run
+
+
+def test_lr_warmup_then_cosine():
+    lr = [train_stage.lr_at(i, base=1.0, floor=0.1, warmup=4, total=20) for i in range(21)]
+    assert lr[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lr[4] == pytest.approx(1.0) and lr[12] == pytest.approx(0.55) and lr[20] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lr[4:], lr[5:]))
+
+
+def test_unreadable_checkpoint_is_refused(tmp_path):
+    from pipeline.checkpoint import CheckpointError, load_checkpoint
+
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a loadable weights-only checkpoint"):
+        load_checkpoint(bad)
+    torch.save({"format": "something-else"}, bad)
+    with pytest.raises(CheckpointError, match="not an mvbind projector checkpoint"):
+        load_checkpoint(bad)
