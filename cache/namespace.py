@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cache.shards import TMP_PREFIX, DamagedShard, Row, ShardData, read_keys, read_shard, write_shard
+from cache.shards import (TMP_PREFIX, DamagedShard, Row, ShardData, WindowData, read_keys, read_rows, read_shard,
+                          read_windows, write_shard)
 from pipeline.errors import MvbindError
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,26 @@ class Features:
 
     def subset(self, index: np.ndarray) -> Features:
         return Features(**{k: getattr(self, k)[index] for k in self.__dataclass_fields__})
+
+
+@dataclass
+class Windows:
+    """Ragged per-item audio windows (a music library namespace): item i's windows are rows
+    offsets[i]:offsets[i + 1] of `audio` and `starts`."""
+
+    keys: np.ndarray  # (n,) str
+    paths: np.ndarray  # (n,) str
+    duration: np.ndarray  # (n,) float32
+    offsets: np.ndarray  # (n + 1,) int64
+    starts: np.ndarray  # (total,) float32 seconds into the item
+    audio: np.ndarray  # (total, dim) float16
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
 
 
 class Namespace:
@@ -191,6 +212,100 @@ class Namespace:
         if len(first) != len(feats):
             feats = feats.subset(np.sort(first))
         return feats
+
+    def _rows_by_shard(self, keys) -> Iterator[tuple[Path, np.ndarray, list[str]]]:
+        """(shard, sorted row indices, their keys) for the wanted keys, first copy of each key only."""
+        wanted = set(keys)
+        for path in self.shard_paths():
+            if not wanted:
+                return
+            try:
+                shard_keys = read_keys(path)
+            except DamagedShard as err:
+                self.quarantine(path, str(err))
+                continue
+            rows = [i for i, k in enumerate(shard_keys) if k in wanted]
+            seen: set[str] = set()
+            rows = [i for i in rows if not (shard_keys[i] in seen or seen.add(shard_keys[i]))]
+            if rows:
+                wanted -= seen
+                yield path, np.asarray(rows, np.int64), [shard_keys[i] for i in rows]
+
+    def select(self, keys) -> Features:
+        """The committed items with these keys (reads only their rows); missing keys are left out."""
+        parts: list[ShardData] = []
+        names: list[np.ndarray] = []
+        for path, rows, _ in self._rows_by_shard(keys):
+            try:
+                data = read_rows(path, rows)
+            except DamagedShard as err:
+                self.quarantine(path, str(err))
+                continue
+            parts.append(data)
+            names.append(np.full(len(data), path.name, dtype=object))
+        a, v = self.audio_shape, self.video_shape
+        if not parts:
+            empty = np.zeros(0, object)
+            return Features(empty, empty, np.zeros((0, *a), np.float16), np.zeros(0, bool),
+                            np.zeros((0, *v), np.float16), np.zeros(0, bool), np.zeros(0, np.float32),
+                            empty, empty, empty, empty)
+        return Features(
+            keys=np.concatenate([p.keys for p in parts]),
+            paths=np.array([q for p in parts for q in p.paths], dtype=object),
+            audio=np.concatenate([p.audio for p in parts]),
+            audio_mask=np.concatenate([p.audio_mask for p in parts]),
+            video=np.concatenate([p.video for p in parts]),
+            video_mask=np.concatenate([p.video_mask for p in parts]),
+            duration=np.concatenate([p.duration for p in parts]),
+            ids=np.concatenate([p.meta["id"] for p in parts]),
+            music_ids=np.concatenate([p.meta["music_id"] for p in parts]),
+            splits=np.concatenate([p.meta["split"] for p in parts]),
+            shard_of=np.concatenate(names),
+        )
+
+    def load_windows(self, keys=None) -> Windows:
+        """Every committed item's ragged audio windows (or only those with `keys`), one entry per key
+        (a key cached twice keeps its first copy). Items of shards written without windows have none."""
+        if keys is None:
+            selection = []
+            seen: set[str] = set()
+            for path in self.shard_paths():
+                try:
+                    shard_keys = read_keys(path)
+                except DamagedShard as err:
+                    self.quarantine(path, str(err))
+                    continue
+                rows = [i for i, k in enumerate(shard_keys) if not (k in seen or seen.add(k))]
+                if rows:
+                    selection.append((path, np.asarray(rows, np.int64)))
+        else:
+            selection = [(path, rows) for path, rows, _ in self._rows_by_shard(keys)]
+        dim = self.audio_shape[1]
+        keys_out, paths, durations, counts, starts, audio = [], [], [], [], [], []
+        for path, rows in selection:
+            try:
+                win: WindowData = read_windows(path, rows)
+                meta = read_rows(path, rows)
+            except DamagedShard as err:
+                self.quarantine(path, str(err))
+                continue
+            keys_out.append(win.keys)
+            paths.extend(meta.paths)
+            durations.append(meta.duration)
+            counts.append(np.diff(win.offsets))
+            starts.append(win.starts)
+            audio.append(win.audio)
+        n_counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+        offsets = np.zeros(len(n_counts) + 1, np.int64)
+        np.cumsum(n_counts, out=offsets[1:])
+        return Windows(
+            keys=np.concatenate(keys_out) if keys_out else np.zeros(0, object),
+            paths=np.array(paths, dtype=object),
+            duration=np.concatenate(durations) if durations else np.zeros(0, np.float32),
+            offsets=offsets,
+            starts=np.concatenate(starts) if starts else np.zeros(0, np.float32),
+            audio=np.concatenate(audio) if audio else np.zeros((0, dim), np.float16),
+        )
 
     # -- failures -------------------------------------------------------------------------
     def record_failure(self, path: str, reason: str, key: str = "") -> None:

@@ -2,6 +2,12 @@
 
 A shard is written under a temporary name and renamed into place, so it is either whole or
 absent. `read_shard` checks the layout and raises `DamagedShard` with the reason.
+
+Optional ragged windows (music library namespaces): an item may also carry a variable number of
+audio windows, stored flat in the same file: ``win_audio`` (total_windows, dim) fp16,
+``win_start`` (total_windows,) float32 seconds and ``win_offsets`` (n + 1,) int64, so item i's
+windows are rows ``win_offsets[i]:win_offsets[i + 1]``. Shards without them read as before
+(`read_windows` gives every item zero windows); the schema version is unchanged.
 """
 
 from __future__ import annotations
@@ -37,6 +43,18 @@ class Row:
     id: str = ""
     music_id: str = ""
     split: str = ""
+    windows: np.ndarray | None = None  # (n_windows, dim): ragged per-item audio windows (libraries)
+    window_starts: np.ndarray | None = None  # (n_windows,) seconds into the file
+
+
+@dataclass
+class WindowData:
+    """A shard's ragged windows: item i's are rows offsets[i]:offsets[i + 1]."""
+
+    keys: np.ndarray  # (n,) str
+    offsets: np.ndarray  # (n + 1,) int64
+    starts: np.ndarray  # (total,) float32
+    audio: np.ndarray  # (total, dim) float16
 
 
 @dataclass
@@ -95,6 +113,8 @@ def write_shard(
             f.create_dataset("duration", data=np.array([r.duration for r in rows], np.float32))
             for field in META_FIELDS:
                 f.create_dataset(field, data=[getattr(r, field) or "" for r in rows], dtype=STR)
+            if any(r.windows is not None for r in rows):
+                _write_windows(f, rows, audio_shape[1])
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
@@ -103,6 +123,25 @@ def write_shard(
         tmp.unlink(missing_ok=True)
         raise
     return final
+
+
+def _write_windows(f: h5py.File, rows: list[Row], dim: int) -> None:
+    counts = [0 if r.windows is None else len(r.windows) for r in rows]
+    offsets = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    total = int(offsets[-1])
+    audio = np.zeros((total, dim), np.float16)
+    starts = np.zeros(total, np.float32)
+    for r, lo, hi in zip(rows, offsets[:-1], offsets[1:]):
+        if r.windows is not None and hi > lo:
+            if r.window_starts is None or len(r.window_starts) != hi - lo:
+                raise ValueError(f"{r.path}: {hi - lo} windows but "
+                                 f"{0 if r.window_starts is None else len(r.window_starts)} window starts")
+            audio[lo:hi] = r.windows
+            starts[lo:hi] = r.window_starts
+    f.create_dataset("win_audio", data=audio, chunks=True if total else None)
+    f.create_dataset("win_start", data=starts)
+    f.create_dataset("win_offsets", data=offsets)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -147,6 +186,70 @@ def read_shard(path: Path) -> ShardData:
     if len(data.keys) != n:
         raise DamagedShard(f"holds {len(data.keys)} rows, header says {n}")
     return data
+
+
+def read_windows(path: Path, rows: np.ndarray | None = None) -> WindowData:
+    """The ragged windows of a shard (of the given row indices only, when `rows` is given).
+
+    A shard written without windows gives every item zero windows. Inconsistent offsets raise
+    `DamagedShard`.
+    """
+    try:
+        with h5py.File(path, "r") as f:
+            n = _check_layout(f)
+            keys = f["key"].asstr()[:].astype(object)
+            sel = np.arange(n) if rows is None else np.asarray(rows, np.int64)
+            if "win_offsets" not in f:
+                dim = int(f["audio"].shape[-1])
+                return WindowData(keys[sel], np.zeros(len(sel) + 1, np.int64), np.zeros(0, np.float32),
+                                  np.zeros((0, dim), np.float16))
+            offsets = f["win_offsets"][:].astype(np.int64)
+            total = f["win_audio"].shape[0]
+            if (len(offsets) != n + 1 or offsets[0] != 0 or offsets[-1] != total
+                    or f["win_start"].shape[0] != total or np.any(np.diff(offsets) < 0)):
+                raise DamagedShard(f"window datasets are inconsistent ({len(offsets)} offsets for {n} items, "
+                                   f"{total} windows)")
+            if rows is None:
+                return WindowData(keys, offsets, f["win_start"][:], f["win_audio"][:])
+            counts = offsets[sel + 1] - offsets[sel]
+            new_offsets = np.zeros(len(sel) + 1, np.int64)
+            np.cumsum(counts, out=new_offsets[1:])
+            parts = [(int(offsets[i]), int(offsets[i + 1])) for i in sel]
+            audio = np.concatenate([f["win_audio"][a:b] for a, b in parts]) if parts else np.zeros(
+                (0, f["win_audio"].shape[1]), np.float16)
+            starts = np.concatenate([f["win_start"][a:b] for a, b in parts]) if parts else np.zeros(0, np.float32)
+            return WindowData(keys[sel], new_offsets, starts, audio)
+    except DamagedShard:
+        raise
+    except Exception as err:
+        raise DamagedShard(_reason(err)) from None
+
+
+def read_rows(path: Path, rows: np.ndarray) -> ShardData:
+    """Only the given rows (sorted, unique indices) of a shard: for looking items up by key."""
+    rows = np.asarray(rows, np.int64)
+    try:
+        with h5py.File(path, "r") as f:
+            _check_layout(f)
+            take = list(rows)
+
+            def part(name):
+                return f[name][take] if take else f[name][:0]
+
+            return ShardData(
+                keys=f["key"].asstr()[:].astype(object)[rows],
+                paths=[os.fsdecode(p) for p in part("path")],
+                audio=part("audio"),
+                audio_mask=part("audio_mask").astype(bool),
+                video=part("video"),
+                video_mask=part("video_mask").astype(bool),
+                duration=part("duration"),
+                meta={k: f[k].asstr()[:].astype(object)[rows] for k in META_FIELDS},
+            )
+    except DamagedShard:
+        raise
+    except Exception as err:
+        raise DamagedShard(_reason(err)) from None
 
 
 def _check_layout(f: h5py.File) -> int:

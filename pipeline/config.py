@@ -79,6 +79,8 @@ class Config:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     train: Any = None  # pipeline.train_config.TrainConfig
     eval: Any = None  # pipeline.train_config.EvalConfig
+    library: Any = None  # pipeline.library_config.LibraryConfig
+    recommend: Any = None  # pipeline.library_config.RecommendConfig
     source: str = "defaults"
 
     @property
@@ -92,6 +94,7 @@ class Config:
 
 def _section_types() -> dict[str, type]:
     from pipeline.audio import AudioSettings
+    from pipeline.library_config import LibraryConfig, RecommendConfig
     from pipeline.signal import SignalSettings
     from pipeline.train_config import EvalConfig, TrainConfig
     from pipeline.video import VideoSettings
@@ -105,6 +108,8 @@ def _section_types() -> dict[str, type]:
         "extract": ExtractConfig,
         "train": TrainConfig,
         "eval": EvalConfig,
+        "library": LibraryConfig,
+        "recommend": RecommendConfig,
     }
 
 
@@ -209,9 +214,11 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 def validate(config: Config) -> None:
     """Range and choice checks; each error names the key and what would be valid."""
+    from pipeline.library_config import validate_library
     from pipeline.train_config import validate_stage_two
 
     validate_stage_two(config)
+    validate_library(config)
     enc, ext, a, v = config.encoder, config.extract, config.audio, config.video
     _check(enc.name in ENCODERS, "encoder.name", f"unknown encoder {enc.name!r}; choose one of {', '.join(ENCODERS)}")
     _check(enc.arch in ARCHS, "encoder.arch", f"unknown architecture {enc.arch!r}; choose {', '.join(ARCHS)}")
@@ -252,5 +259,6 @@ def to_dict(config: Config) -> dict[str, Any]:
     """The resolved settings as plain data (for run directories and `cache info`)."""
     return {
         name: dataclasses.asdict(getattr(config, name))
-        for name in ("paths", "encoder", "audio", "video", "signal", "extract", "train", "eval")
+        for name in ("paths", "encoder", "audio", "video", "signal", "extract", "train", "eval", "library",
+                     "recommend")
     }

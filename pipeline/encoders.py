@@ -32,6 +32,7 @@ class Prepared:
     duration: float
     audio_reason: str = ""  # why audio is None ("no audio stream", ...)
     video_reason: str = ""
+    audio_starts: np.ndarray | None = None  # music-library windows: start (s) of each audio row (pipeline.windows)
 
 
 def weights_setting(config: Config) -> Path | None:

@@ -193,6 +193,12 @@ class AudioFeatures:
 def audio_features(path: str | os.PathLike[str], settings: SignalSettings = SignalSettings(), *,
                    clip_duration: float = 2.0, clips_per_video: int = 3) -> AudioFeatures:
     """Per-clip audio features of `path`. Raises NoStreamError / MediaError with a one-line reason."""
+    mono = decode_mono(path, settings)
+    return waveform_features(mono, settings, clip_duration=clip_duration, clips_per_video=clips_per_video)
+
+
+def decode_mono(path: str | os.PathLike[str], settings: SignalSettings = SignalSettings()) -> np.ndarray:
+    """The mono mixdown of `path`'s audio at ``settings.sample_rate`` (float32), as the features see it."""
     import librosa
 
     from pipeline.audio import decode_audio
@@ -207,7 +213,7 @@ def audio_features(path: str | os.PathLike[str], settings: SignalSettings = Sign
         raise MediaError("audio stream is empty")
     if not np.isfinite(mono).all():
         raise MediaError("audio has non-finite samples")
-    return waveform_features(mono, settings, clip_duration=clip_duration, clips_per_video=clips_per_video)
+    return mono
 
 
 def waveform_features(y: np.ndarray, settings: SignalSettings = SignalSettings(), *,
@@ -218,13 +224,25 @@ def waveform_features(y: np.ndarray, settings: SignalSettings = SignalSettings()
     inside the track), so memory stays bounded on long tracks and a clip's features depend only on
     the audio around it; clips sharing a window (short tracks) share one analysis.
     """
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    spans = clip_spans(len(y) / settings.sample_rate, clip_duration, clips_per_video)
+    return _span_features(y, settings, spans)
+
+
+def window_features(y: np.ndarray, settings: SignalSettings = SignalSettings(), *, starts, clip_duration: float = 2.0
+                    ) -> AudioFeatures:
+    """Features of windows [start, start + clip_duration) of a mono waveform at ``settings.sample_rate``,
+    each computed exactly as one clip of `waveform_features` (music-library windows)."""
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    return _span_features(y, settings, [(float(a), float(a) + clip_duration) for a in starts])
+
+
+def _span_features(y: np.ndarray, settings: SignalSettings, spans) -> AudioFeatures:
     s = settings
     sr = s.sample_rate
-    y = np.ascontiguousarray(y, dtype=np.float32)
     duration = len(y) / sr
     frames_per_s = sr / s.hop_length
     spec = _audio_spec(s)
-    spans = clip_spans(duration, clip_duration, clips_per_video)
     analyses: dict[tuple[int, int], _Analysis] = {}
     rows = []
     for start, end in spans:

@@ -3,6 +3,10 @@
 Worker processes (a torch DataLoader) hash and decode files and build the encoder inputs
 while the main process runs the model and commits shards, so decoding overlaps inference.
 Resume is by content key: items already committed in the namespace are never decoded again.
+
+The same runner fills a music library's track namespace (`windows=WindowLayout`, used by
+`cli.py index`): each track's audio is taken in windows along it (pipeline.windows) and the
+shard stores them as ragged per-item windows.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pipeline.cliutil import config_options, one_line_errors, resolve_config
 from pipeline.config import Config
 from pipeline.encoders import Prepared, extractor_settings, make_embedder, make_preparer
 from pipeline.inputs import VIDEO_EXTENSIONS, InputItem, list_inputs
+from pipeline.windows import WindowLayout, make_window_preparer, window_settings
 
 # Outcomes of the worker step.
 OK, CACHED, ELSEWHERE, FAILED = "ok", "cached", "other partition", "failed"
@@ -101,6 +106,8 @@ class ExtractSummary:
     decode_seconds: float = 0.0  # summed over workers
     infer_seconds: float = 0.0
     write_seconds: float = 0.0
+    unit: str = "video"  # what an item is, for the summary ("track" for a music library)
+    item_keys: dict[str, str] = field(default_factory=dict)  # input path -> content key, where it was read
 
     @property
     def videos_per_second(self) -> float:
@@ -113,7 +120,8 @@ class ExtractSummary:
             f"duplicate content {self.duplicates}, failed {len(self.failed)}"
             + (f", other partitions {self.other_partition}" if self.other_partition else "")
             + (f", skipped earlier failures {self.skipped_failed} (--retry-failed)" if self.skipped_failed else ""),
-            f"time {self.seconds:.1f}s ({self.videos_per_second:.2f} videos/s); decode {self.decode_seconds:.1f}s "
+            f"time {self.seconds:.1f}s ({self.videos_per_second:.2f} {self.unit}s/s); "
+            f"decode {self.decode_seconds:.1f}s "
             f"(worker total), infer {self.infer_seconds:.1f}s, write {self.write_seconds:.1f}s; "
             f"{len(self.shards)} shard(s) committed",
         ]
@@ -161,14 +169,26 @@ def extract(
     require: tuple[str, ...] = ("video",),
     extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
     progress: bool = True,
+    windows: WindowLayout | None = None,
+    lazy_model: bool = False,
 ) -> ExtractSummary:
-    """Extract every input into the namespace of `config`'s extractor settings; returns the summary."""
+    """Extract every input into the namespace of `config`'s extractor settings; returns the summary.
+
+    With `windows`, the inputs are music tracks: their audio is embedded window by window into the
+    track namespace of those settings + that layout (pass ``require=("audio",)``).
+    `lazy_model` loads the encoder only once an item needs embedding (recommend: a cached video
+    costs a hash, not a model load).
+    """
     t_start = time.perf_counter()
     items = list(source) if isinstance(source, list) else list_inputs(source, extensions)
-    settings = extractor_settings(config, download=True, progress=progress)
+    if windows is None:
+        settings = extractor_settings(config, download=True, progress=progress)
+    else:
+        settings = window_settings(config, windows, download=True, progress=progress)
     ns = FeatureCache(config.cache_dir).create(settings)
     ext = config.extract
-    summary = ExtractSummary(namespace=ns.fingerprint, cache_dir=str(config.cache_dir), inputs=len(items))
+    summary = ExtractSummary(namespace=ns.fingerprint, cache_dir=str(config.cache_dir), inputs=len(items),
+                             unit="video" if windows is None else "track")
     with ns.lock(ext.shard_index, ext.num_shards):
         ns.clean_temp_files(partition=ext.shard_index, num_partitions=ext.num_shards)
         committed = frozenset(ns.committed_keys())
@@ -181,8 +201,9 @@ def extract(
         if not todo:
             summary.seconds = time.perf_counter() - t_start
             return summary
-        embedder = make_embedder(config, progress=progress)
-        dataset = PrepareDataset(todo, make_preparer(config), committed, ext.num_shards, ext.shard_index, require)
+        embedder = _LazyEmbedder(config, progress) if lazy_model else make_embedder(config, progress=progress)
+        preparer = make_preparer(config) if windows is None else make_window_preparer(config, windows)
+        dataset = PrepareDataset(todo, preparer, committed, ext.num_shards, ext.shard_index, require)
         loader = DataLoader(
             dataset,
             batch_size=None,
@@ -196,10 +217,13 @@ def extract(
         buffer = ShardBuffer(ns, config, summary)
         seen: set[str] = set()
         batch: list[Work] = []
-        bar = tqdm(total=len(todo), unit="video", desc="extract", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=len(todo), unit=summary.unit, desc="extract" if windows is None else "index",
+                   disable=not progress, dynamic_ncols=True)
         for work in loader:
             bar.update(1)
             item = todo[work.index]
+            if work.key:
+                summary.item_keys[item.path] = work.key
             if work.status == ELSEWHERE:
                 summary.other_partition += 1
             elif work.status == CACHED:
@@ -230,6 +254,22 @@ def _identity(x):
     return x
 
 
+class _LazyEmbedder:
+    """make_embedder(config) on first use."""
+
+    def __init__(self, config: Config, progress: bool):
+        from pipeline.encoders import pick_device
+
+        self.config, self.progress = config, progress
+        self.device = pick_device(config.encoder.device) if config.encoder.name == "imagebind" else torch.device("cpu")
+        self._embedder = None
+
+    def embed(self, items):
+        if self._embedder is None:
+            self._embedder = make_embedder(self.config, progress=self.progress)
+        return self._embedder.embed(items)
+
+
 def _embed_batch(embedder, batch: list[Work], todo: list[InputItem], buffer: ShardBuffer,
                  summary: ExtractSummary, earlier_failures: set[str]) -> None:
     t0 = time.perf_counter()
@@ -239,8 +279,12 @@ def _embed_batch(embedder, batch: list[Work], todo: list[InputItem], buffer: Sha
         item = todo[work.index]
         if a is None:
             summary.without_audio += 1
+        starts = work.prepared.audio_starts
+        wins = None
+        if starts is not None and a is not None:  # library windows: the row's audio is their mean
+            wins, a = a, a.mean(axis=0, keepdims=True)
         buffer.add(Row(key=work.key, path=item.path, audio=a, video=v, duration=work.prepared.duration,
-                       id=item.id, music_id=item.music_id, split=item.split))
+                       id=item.id, music_id=item.music_id, split=item.split, windows=wins, window_starts=starts))
         summary.extracted += 1
         if item.path in earlier_failures:
             buffer.ns.record_resolved(item.path, work.key)

@@ -54,7 +54,7 @@ def test_tiny_config_matches_fixture() -> None:
 
 
 def test_unknown_arch_names_valid_ones() -> None:
-    with pytest.raises(ValueError, match="huge, tiny"):
+    with pytest.raises(ValueError, match="huge, small, tiny"):
         imagebind_config("giant")
     with pytest.raises(ValueError, match="vision_depth"):
         build_imagebind({"vision_depth": 3})

@@ -1,0 +1,148 @@
+"""Music-library windows: a track's audio taken in windows along it, through stage one's cache.
+
+A library track is one cache item (content-hash key, like a video) whose audio is a variable
+number of windows: window length = the encoder's audio clip length (`audio.clip_duration`),
+one every `library.hop` seconds from 0 while the window fits, at most `library.max_windows`
+(a longer track gets that many windows spread evenly over it). The layout is part of the track
+namespace's fingerprint, so tracks and videos live in different namespaces of one cache and
+re-indexing the same files extracts nothing.
+
+Each window is computed exactly as one audio clip of its encoder:
+- imagebind: the track is resampled to 16 kHz once, and each window's samples go through
+  `pipeline.audio.waveform_inputs` as a one-clip file (scalar mean subtraction, Kaldi fbank,
+  pad/cut to 204 frames, normalisation); a window starting where one of ImageBind's own clips
+  starts gives that clip's input exactly.
+- signal: `pipeline.signal.window_features`, the per-clip feature function on each window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cache import fingerprint
+from pipeline.config import Config
+from pipeline.errors import MvbindError
+
+WINDOW_VERSION = 1  # bump when the window layout or per-window computation changes
+
+
+@dataclass(frozen=True)
+class WindowLayout:
+    length: float  # seconds (= the encoder's audio clip length)
+    hop: float  # seconds between starts
+    max_windows: int
+
+    @classmethod
+    def from_config(cls, config: Config) -> WindowLayout:
+        return cls(float(config.audio.clip_duration), float(config.library.hop), int(config.library.max_windows))
+
+    def starts(self, duration: float) -> np.ndarray:
+        """Window start times (seconds) for a track of `duration` seconds: at least one."""
+        if duration <= self.length:
+            return np.zeros(1, np.float64)
+        span = duration - self.length
+        n = int(math.floor(span / self.hop + 1e-9)) + 1
+        if n <= self.max_windows:
+            return np.round(np.arange(n) * self.hop, 6)
+        if self.max_windows == 1:
+            return np.zeros(1, np.float64)
+        return np.round(np.linspace(0.0, span, self.max_windows), 6)
+
+    def to_dict(self) -> dict:
+        return {"version": WINDOW_VERSION, **dataclasses.asdict(self)}
+
+
+def window_settings(config: Config, layout: WindowLayout | None = None, *, download: bool = False,
+                    progress: bool = True) -> dict:
+    """The track namespace's settings: the encoder's extractor settings + the window layout.
+
+    `windows.video_namespace` is the fingerprint of the encoder's (video) namespace: a library
+    is compatible with runs trained on that namespace. Stored shapes: audio (1, dim) holds the
+    mean of a track's windows; video is absent (mask false).
+    """
+    from pipeline.encoders import extractor_settings
+
+    layout = layout or WindowLayout.from_config(config)
+    base = extractor_settings(config, download=download, progress=progress)
+    return {**base, "windows": {**layout.to_dict(), "video_namespace": fingerprint(base)},
+            "shapes": {"audio": [1, base["shapes"]["audio"][1]], "video": [1, base["shapes"]["video"][1]]}}
+
+
+def imagebind_windows(waveform: torch.Tensor, sample_rate: int, settings, layout: WindowLayout
+                      ) -> tuple[torch.Tensor, np.ndarray, float]:
+    """ImageBind audio inputs of each window: ((windows, 1, mel, frames), starts, duration)."""
+    from pipeline.audio import waveform_inputs
+    from pipeline.errors import MediaError
+    from pipeline.resample import resample_span, resampled_length
+
+    if waveform.dim() != 2 or waveform.shape[1] == 0:
+        raise MediaError("audio stream is empty")
+    sr = settings.sample_rate
+    n16 = resampled_length(waveform.shape[1], sample_rate, sr)
+    full = resample_span(waveform, sample_rate, sr, 0, n16)  # whole track once; windows are slices
+    duration = n16 / sr
+    starts = layout.starts(duration)
+    one_clip = dataclasses.replace(settings, clips_per_video=1)
+    width = int(round(layout.length * sr))
+    specs = []
+    for start in starts:
+        a = min(int(round(start * sr)), n16)
+        specs.append(waveform_inputs(full[:, a:min(a + width, n16)], sr, one_clip).melspec[0])
+    return torch.stack(specs), starts, duration
+
+
+class WindowPreparer:
+    """path -> Prepared with one audio input per window and no video (CPU; pickled into workers)."""
+
+    def __init__(self, config: Config, layout: WindowLayout):
+        self.encoder = config.encoder.name
+        self.audio_settings = config.audio
+        self.signal_settings = config.signal
+        self.layout = layout
+
+    def __call__(self, path: str):
+        # Hundreds of small per-window ops: one thread is several times faster than a contended pool
+        # (decoding workers already run single-threaded; this covers extract.workers = 0).
+        threads = torch.get_num_threads()
+        if threads != 1:
+            torch.set_num_threads(1)
+        try:
+            return self._prepare(path)
+        finally:
+            if threads != 1:
+                torch.set_num_threads(threads)
+
+    def _prepare(self, path: str):
+        from pipeline.encoders import Prepared
+
+        try:
+            if self.encoder == "signal":
+                from pipeline.signal import decode_mono, window_features
+
+                mono = decode_mono(path, self.signal_settings)
+                duration = len(mono) / self.signal_settings.sample_rate
+                starts = self.layout.starts(duration)
+                feats = window_features(mono, self.signal_settings, starts=starts, clip_duration=self.layout.length)
+                audio = torch.from_numpy(feats.features)
+            else:
+                from pipeline.audio import decode_audio
+
+                waveform, rate = decode_audio(path)
+                audio, starts, duration = imagebind_windows(waveform, rate, self.audio_settings, self.layout)
+        except MvbindError as err:
+            return Prepared(None, None, 0.0, audio_reason=str(err), video_reason="library track: audio only")
+        return Prepared(audio, None, float(duration), video_reason="library track: audio only",
+                        audio_starts=np.asarray(starts, np.float32))
+
+
+def make_window_preparer(config: Config, layout: WindowLayout | None = None) -> WindowPreparer:
+    if config.encoder.name == "signal":
+        from pipeline.signal import check_settings
+
+        check_settings(config.signal)
+    return WindowPreparer(config, layout or WindowLayout.from_config(config))
