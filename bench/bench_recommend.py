@@ -29,7 +29,6 @@ import statistics
 import sys
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from pipeline.library import build_faiss, exact_search, faiss_search, track_recall  # noqa: E402
+from pipeline.synth import write_wav  # noqa: E402
 
 
 def synthetic_library(n_windows: int, dim: int, seed: int = 0, structure: str = "clustered"
@@ -142,13 +142,6 @@ def bench_search(sizes: list[int], dim: int, n_queries: int, k: int, target: flo
     return rows
 
 
-def write_wav(path: Path, x: np.ndarray, sr: int) -> None:
-    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(pcm.tobytes())
 
 
 def make_tracks(folder: Path, n: int, seconds: float, sr: int = 22050) -> None:

@@ -189,25 +189,7 @@ class Namespace:
         for path, data in self.iter_shards():
             parts.append(data)
             names.append(np.full(len(data), path.name, dtype=object))
-        a, v = self.audio_shape, self.video_shape
-        if not parts:
-            empty = np.zeros(0, object)
-            return Features(empty, empty, np.zeros((0, *a), np.float16), np.zeros(0, bool),
-                            np.zeros((0, *v), np.float16), np.zeros(0, bool), np.zeros(0, np.float32),
-                            empty, empty, empty, empty)
-        feats = Features(
-            keys=np.concatenate([p.keys for p in parts]),
-            paths=np.array([q for p in parts for q in p.paths], dtype=object),
-            audio=np.concatenate([p.audio for p in parts]),
-            audio_mask=np.concatenate([p.audio_mask for p in parts]),
-            video=np.concatenate([p.video for p in parts]),
-            video_mask=np.concatenate([p.video_mask for p in parts]),
-            duration=np.concatenate([p.duration for p in parts]),
-            ids=np.concatenate([p.meta["id"] for p in parts]),
-            music_ids=np.concatenate([p.meta["music_id"] for p in parts]),
-            splits=np.concatenate([p.meta["split"] for p in parts]),
-            shard_of=np.concatenate(names),
-        )
+        feats = self._features(parts, names)
         _, first = np.unique(feats.keys.astype(str), return_index=True)
         if len(first) != len(feats):
             feats = feats.subset(np.sort(first))
@@ -243,12 +225,15 @@ class Namespace:
                 continue
             parts.append(data)
             names.append(np.full(len(data), path.name, dtype=object))
-        a, v = self.audio_shape, self.video_shape
+        return self._features(parts, names)
+
+    def _features(self, parts: list[ShardData], names: list[np.ndarray]) -> Features:
+        """Concatenate shard parts into one row-aligned Features (empty, with the right shapes, if none)."""
         if not parts:
             empty = np.zeros(0, object)
-            return Features(empty, empty, np.zeros((0, *a), np.float16), np.zeros(0, bool),
-                            np.zeros((0, *v), np.float16), np.zeros(0, bool), np.zeros(0, np.float32),
-                            empty, empty, empty, empty)
+            return Features(empty, empty, np.zeros((0, *self.audio_shape), np.float16), np.zeros(0, bool),
+                            np.zeros((0, *self.video_shape), np.float16), np.zeros(0, bool),
+                            np.zeros(0, np.float32), empty, empty, empty, empty)
         return Features(
             keys=np.concatenate([p.keys for p in parts]),
             paths=np.array([q for p in parts for q in p.paths], dtype=object),

@@ -61,6 +61,21 @@ def make_video(
     return path
 
 
+def write_wav(path: Path, x, sr: int) -> Path:
+    """Mono 16-bit PCM WAV of float samples in [-1, 1] (clipped)."""
+    import wave
+
+    import numpy as np
+
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes(pcm.tobytes())
+    return Path(path)
+
+
 def write_samples(folder: Path) -> list[Path]:
     """A handful of short vertical videos for the quickstart (one letterboxed, one silent)."""
     folder = Path(folder)

@@ -5,7 +5,6 @@ library file (format, atomic write, damage and version refusals), exact and FAIS
 import dataclasses
 import json
 import shutil
-import wave
 from pathlib import Path
 
 import h5py
@@ -16,6 +15,7 @@ import torch
 from cache import FeatureCache, Row
 from cache.shards import read_windows
 from pipeline.audio import AudioSettings, decode_audio, waveform_inputs
+from pipeline import synth
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.imagebind import build_imagebind
@@ -32,13 +32,7 @@ SETTINGS = {"encoder": {"name": "test"}, "shapes": {"audio": [1, 8], "video": [1
 
 
 def write_wav(path: Path, x: np.ndarray, sr: int = SR) -> Path:
-    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(pcm.tobytes())
-    return path
+    return synth.write_wav(path, x, sr)
 
 
 def noise(seconds: float, seed: int, sr: int = SR) -> np.ndarray:

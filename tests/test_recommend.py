@@ -15,7 +15,6 @@ for nearly every video (ranking depends on how well eight pairs were learnt; the
 
 import json
 import shutil
-import wave
 from pathlib import Path
 
 import h5py
@@ -26,6 +25,7 @@ from click.testing import CliRunner
 
 from cli import cli
 from pipeline.audio import decode_audio
+from pipeline import synth
 from pipeline.config import load_config
 from pipeline.errors import MvbindError
 from pipeline.library import LibraryError, read_header
@@ -47,13 +47,7 @@ TRAIN = {"train.projector": "linear", "train.embed_dim": 32, "train.epochs": 200
 
 
 def write_wav(path: Path, x: np.ndarray, sr: int = SR) -> Path:
-    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(pcm.tobytes())
-    return path
+    return synth.write_wav(path, x, sr)
 
 
 def coloured_noise(seconds: float, seed: int, sr: int = SR) -> np.ndarray:
