@@ -51,7 +51,13 @@ def demo_config(workdir: Path, *, workers: int = 2, batch_size: int = 32) -> Con
         "library.dir": str(workdir / "libraries"),
         "extract.workers": workers,
         "train.batch_size": batch_size,
-        "train.test_fraction": 0.2,  # a larger held-out gallery than the default 10 %
+        # Larger val and test galleries than the default 10 % each, so that early stopping on val R@1 means
+        # something and the test table is not a handful of items.
+        "train.val_fraction": 0.2,
+        "train.test_fraction": 0.2,
+        "train.select_metric": "r1",
+        "train.patience": 20,
+        "train.epochs": 150,
         "library.hop": 2.0,  # windows every 2 s: enough to place a start, half the indexing time
         # The generator's music_id is the ground truth for shared tracks; hand-crafted audio features of
         # different generated tracks can be near-identical, which would merge them into one group.
@@ -60,7 +66,7 @@ def demo_config(workdir: Path, *, workers: int = 2, batch_size: int = 32) -> Con
     return load_config(None, overrides)
 
 
-def run_demo(workdir: str | Path, *, videos: int = 200, library_tracks: int = 20, seed: int = 0, workers: int = 2,
+def run_demo(workdir: str | Path, *, videos: int = 300, library_tracks: int = 20, seed: int = 0, workers: int = 2,
              held_out: int = 3, k: int = 5, video_seconds: tuple[float, float] = (6.0, 12.0),
              track_seconds: tuple[float, float] = (15.0, 30.0), batch_size: int = 32, progress: bool = True,
              notify: Callable[[str], None] = click.echo) -> DemoResult:
@@ -163,7 +169,7 @@ def _check_against_truth(report, picks: list[dict], data: Path) -> list[dict]:
 
 @click.command()
 @click.argument("workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"))
-@click.option("--videos", type=int, default=200, show_default=True, help="Demo videos to generate.")
+@click.option("--videos", type=int, default=300, show_default=True, help="Demo videos to generate.")
 @click.option("--library-tracks", type=int, default=20, show_default=True, help="Distractor tracks in the library.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
