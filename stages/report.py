@@ -28,19 +28,24 @@ def plot_recall(rows: list[dict], path: Path, *, title: str = "", ks=(1, 5, 10, 
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, (key, label) in zip(axes, DIRECTIONS):
+        longest = 1
         for row in rows:
             curve = row.get("curves", {}).get(key)
             if not curve:
                 continue
-            ks = range(1, len(curve) + 1)
+            longest = max(longest, len(curve))
             style = {"chance": dict(ls="--", color="0.5"), "zero_shot": dict(ls=":", lw=2)}.get(row["kind"], {})
-            ax.plot(ks, [100 * c for c in curve], label=f"{row['name']} (n={row['gallery']})", **style)
+            ax.plot(range(1, len(curve) + 1), [100 * c for c in curve], label=f"{row['name']} (n={row['gallery']})",
+                    **style)
         ax.set_xscale("log")
-        ax.set_xticks(list(ks))
-        ax.set_xticklabels([str(k) for k in ks])
+        ticks = [k for k in ks if k <= longest]
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(k) for k in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("K")
         ax.set_title(label)
         ax.grid(True, which="both", alpha=0.3)
