@@ -50,3 +50,15 @@ def one_line_errors(func: Callable) -> Callable:
             sys.exit(2)
 
     return wrapper
+
+
+def run_in_process(command: click.Command, argv: list[str] | None, prog_name: str) -> int:
+    """Run a click command in-process (tests, notebooks) and return its exit code instead of exiting."""
+    try:
+        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    return 0

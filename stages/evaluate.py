@@ -28,7 +28,7 @@ import numpy as np
 
 from cache import CacheError, FeatureCache
 from pipeline.checkpoint import load_checkpoint
-from pipeline.cliutil import config_options, one_line_errors, resolve_config
+from pipeline.cliutil import config_options, one_line_errors, resolve_config, run_in_process
 from pipeline.config import Config, expand_path
 from pipeline.metrics import chance, recall_curve, retrieval_ranks, summarize
 from pipeline.pairs import PairSet, load_pairs, select_namespace
@@ -278,14 +278,7 @@ def eval_command(config_path, sets, runs, cache_prefix, split, name, out, overwr
 
 def main(argv: list[str] | None = None) -> int:
     """In-process entry: `main(["run-a", "run-b", "--name", "cmp"])`; returns the exit code."""
-    try:
-        eval_command.main(args=argv, prog_name="eval", standalone_mode=False)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    except click.ClickException as err:
-        err.show()
-        return err.exit_code
-    return 0
+    return run_in_process(eval_command, argv, "eval")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from cache import FeatureCache, Namespace, Row, content_key, partition_of
 from pipeline.cliutil import config_options, one_line_errors, resolve_config
 from pipeline.config import Config
-from pipeline.encoders import Prepared, extractor_settings, make_embedder, make_preparer
+from pipeline.encoders import Prepared, extractor_settings, make_embedder, make_preparer, pick_device
 from pipeline.inputs import VIDEO_EXTENSIONS, InputItem, list_inputs
 from pipeline.windows import WindowLayout, make_window_preparer, window_settings
 
@@ -201,7 +201,6 @@ def extract(
         if not todo:
             summary.seconds = time.perf_counter() - t_start
             return summary
-        embedder = _LazyEmbedder(config, progress) if lazy_model else make_embedder(config, progress=progress)
         preparer = make_preparer(config) if windows is None else make_window_preparer(config, windows)
         dataset = PrepareDataset(todo, preparer, committed, ext.num_shards, ext.shard_index, require)
         loader = DataLoader(
@@ -210,16 +209,20 @@ def extract(
             shuffle=False,
             num_workers=ext.workers,
             prefetch_factor=ext.prefetch if ext.workers else None,
-            pin_memory=embedder.device.type == "cuda",
+            pin_memory=config.encoder.name == "imagebind" and pick_device(config.encoder.device).type == "cuda",
             collate_fn=_identity,
             in_order=False,  # a slow file must not hold up the ones behind it
         )
+        # Start the decoding workers before loading the model: they decode while the weights load,
+        # and they are forked before CUDA is initialised in this process.
+        stream = iter(loader)
+        embedder = _LazyEmbedder(config, progress) if lazy_model else make_embedder(config, progress=progress)
         buffer = ShardBuffer(ns, config, summary)
         seen: set[str] = set()
         batch: list[Work] = []
         bar = tqdm(total=len(todo), unit=summary.unit, desc="extract" if windows is None else "index",
                    disable=not progress, dynamic_ncols=True)
-        for work in loader:
+        for work in stream:
             bar.update(1)
             item = todo[work.index]
             if work.key:

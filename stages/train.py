@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.checkpoint import save_checkpoint
-from pipeline.cliutil import config_options, one_line_errors, resolve_config
+from pipeline.cliutil import config_options, one_line_errors, resolve_config, run_in_process
 from pipeline.config import Config, to_dict
 from pipeline.errors import MvbindError
 from pipeline.groups import MusicGroups, find_groups
@@ -354,11 +354,4 @@ def train_command(config_path, sets, cache_prefix, name, overwrite, epochs, batc
 
 def main(argv: list[str] | None = None) -> int:
     """In-process entry (tests, notebooks): `main(["--cache", "3fa2", "--epochs", "3"])`; returns the exit code."""
-    try:
-        train_command.main(args=argv, prog_name="train", standalone_mode=False)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    except click.ClickException as err:
-        err.show()
-        return err.exit_code
-    return 0
+    return run_in_process(train_command, argv, "train")
