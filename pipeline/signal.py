@@ -744,6 +744,22 @@ def signal_settings(config, *, download: bool = False, progress: bool = True) ->
     }
 
 
+def warm_up(settings: SignalSettings) -> None:
+    """Import librosa (numba) and compile its kernels in the main process before the DataLoader
+    forks its workers: the workers inherit them instead of each paying seconds, and numba/LLVM is
+    never first initialised inside a forked child (which can crash it)."""
+    import cv2  # noqa: F401
+    import librosa.beat  # noqa: F401
+    import librosa.feature  # noqa: F401
+    import librosa.onset  # noqa: F401
+
+    import pipeline.audio  # noqa: F401
+
+    clicks = np.zeros(int(settings.sample_rate * max(2.0, settings.min_tempo_window + 0.5)), np.float32)
+    clicks[:: settings.sample_rate // 2] = 1.0
+    waveform_features(clicks, settings, clip_duration=1.0, clips_per_video=1)
+
+
 class SignalPreparer:
     """path -> Prepared with the features as tensors (CPU; pickled into worker processes)."""
 
@@ -751,6 +767,9 @@ class SignalPreparer:
         self.settings: SignalSettings = config.signal
         self.audio_clip = (config.audio.clip_duration, config.audio.clips_per_video)
         self.video_clip = (config.video.clip_duration, config.video.clips_per_video)
+
+    def warm_up(self) -> None:
+        warm_up(self.settings)
 
     def __call__(self, path: str):
         import torch
@@ -784,22 +803,6 @@ class SignalEmbedder:
 
         check_settings(config.signal)
         self.device = torch.device("cpu")
-        self.warm_up(config.signal)
-
-    @staticmethod
-    def warm_up(settings: SignalSettings) -> None:
-        """Import librosa (numba) and compile its kernels here, in the main process before the
-        DataLoader forks its workers, so the workers inherit them instead of each paying seconds."""
-        import cv2  # noqa: F401
-        import librosa.beat  # noqa: F401
-        import librosa.feature  # noqa: F401
-        import librosa.onset  # noqa: F401
-
-        import pipeline.audio  # noqa: F401
-
-        clicks = np.zeros(int(settings.sample_rate * max(2.0, settings.min_tempo_window + 0.5)), np.float32)
-        clicks[:: settings.sample_rate // 2] = 1.0
-        waveform_features(clicks, settings, clip_duration=1.0, clips_per_video=1)
 
     def embed(self, items) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
         def out(x):

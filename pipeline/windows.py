@@ -105,6 +105,12 @@ class WindowPreparer:
         self.signal_settings = config.signal
         self.layout = layout
 
+    def warm_up(self) -> None:
+        if self.encoder == "signal":
+            from pipeline.signal import warm_up
+
+            warm_up(self.signal_settings)
+
     def __call__(self, path: str):
         # Hundreds of small per-window ops: one thread is several times faster than a contended pool
         # (decoding workers already run single-threaded; this covers extract.workers = 0).

@@ -213,6 +213,9 @@ def extract(
             collate_fn=_identity,
             in_order=False,  # a slow file must not hold up the ones behind it
         )
+        # Libraries a preparer must not first initialise inside a forked worker are loaded here.
+        if hasattr(preparer, "warm_up"):
+            preparer.warm_up()
         # Start the decoding workers before loading the model: they decode while the weights load,
         # and they are forked before CUDA is initialised in this process.
         stream = iter(loader)
