@@ -2,19 +2,13 @@
 
 import numpy as np
 import pytest
-import torch
 
 from pipeline.groups import connected_components, find_groups, near_duplicate_pairs
 from pipeline.metrics import retrieval_ranks, summarize
 from pipeline.splits import SplitError, assign_splits
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def brute_pairs(x, threshold):

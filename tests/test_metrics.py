@@ -9,13 +9,7 @@ import torch
 from pipeline.metrics import chance, recall_curve, retrieval_ranks, summarize
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread avoids OpenMP hand-offs on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_ranks(video: np.ndarray, audio: np.ndarray, groups=None) -> tuple[np.ndarray, np.ndarray]:
