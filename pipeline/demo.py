@@ -1,6 +1,9 @@
 """A synthetic demo collection: short videos whose visuals follow their generated background music.
 
-Everything is drawn from one integer seed, so a collection can be rebuilt byte for byte.
+Everything is drawn from one integer seed. The samples and frames are plain float64/uint8 numpy
+(identical on every machine we tried, AVX2 and AVX-512 numpy kernels alike), and the files are
+byte-identical for a seed on one machine whatever the worker or CPU count; across machines the
+encoders' own SIMD code paths may still change the compressed bytes.
 
 Music. Each track has latent "mood" factors: tempo (70–170 BPM), mode (major/minor), key,
 instrument (the timbre of its chords and melody: piano, strings, pluck, bell, chiptune) and
@@ -29,7 +32,8 @@ jitter and film grain.
 Layout written by :func:`write_track_file` / :func:`write_video_file` (driven by
 ``stages.demo_data``): videos are vertical H.264/AAC mp4 at 15 fps, 22.05 kHz mono audio,
 6–12 s; library tracks are mp3 (22.05 kHz mono, ID3 title/artist/album tags), 20–60 s.
-ffmpeg runs single-threaded with bitexact flags, so the same seed gives identical files.
+ffmpeg runs single-threaded (decoders and encoders) with bitexact flags, so the same seed gives
+identical files whatever the number of workers or CPUs.
 """
 
 from __future__ import annotations
@@ -801,7 +805,15 @@ BITEXACT = ["-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitex
 
 
 def _ffmpeg(args: list[str], path: Path, data: bytes | None = None) -> None:
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-threads", "1", *args]
+    """Run ffmpeg with `args` (inputs, then output options, the output last), single-threaded.
+
+    `-threads` is per file: before the inputs it sets the decoders' threads only. It is repeated
+    right before the output so the encoders are single-threaded too: libx264 otherwise picks its
+    thread count from the CPUs the process may use, and its output bytes depend on it.
+    """
+    *head, out = args
+    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-threads", "1", *head,
+           "-threads", "1", out]
     proc = subprocess.run(cmd, input=data, stdin=None if data is not None else subprocess.DEVNULL,
                           capture_output=True)
     if proc.returncode != 0:

@@ -18,7 +18,8 @@ Layout of ``OUT`` (paths in manifests and demo.json are relative)::
 
 A few tracks are reused by several videos (the same segment or another segment of the track);
 ``library_tracks`` counts the distractors, so the library holds the used tracks + that many.
-The same seed gives byte-identical files whatever the number of workers.
+The same seed gives byte-identical files on one machine whatever the number of workers or CPUs
+(single-threaded encoders); across machines the encoders' SIMD paths may change compressed bytes.
 """
 
 from __future__ import annotations
