@@ -26,8 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-from cache.shards import (TMP_PREFIX, DamagedShard, Row, ShardData, WindowData, read_keys, read_rows, read_shard,
-                          read_windows, write_shard)
+from cache.shards import (
+    TMP_PREFIX,
+    DamagedShard,
+    Row,
+    ShardData,
+    WindowData,
+    read_keys,
+    read_rows,
+    read_shard,
+    read_windows,
+    write_shard,
+)
 from pipeline.errors import MvbindError
 
 log = logging.getLogger(__name__)

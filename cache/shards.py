@@ -160,7 +160,7 @@ def read_keys(path: Path) -> list[str]:
             return list(f["key"].asstr()[:])
     except DamagedShard:
         raise
-    except Exception as err:  # h5py raises OSError/KeyError/ValueError for damaged files
+    except Exception as err:  # noqa: BLE001 - h5py raises OSError/KeyError/ValueError/... for damaged files
         raise DamagedShard(_reason(err)) from None
 
 
@@ -181,7 +181,7 @@ def read_shard(path: Path) -> ShardData:
             )
     except DamagedShard:
         raise
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any failure to read means a damaged shard
         raise DamagedShard(_reason(err)) from None
     if len(data.keys) != n:
         raise DamagedShard(f"holds {len(data.keys)} rows, header says {n}")
@@ -221,7 +221,7 @@ def read_windows(path: Path, rows: np.ndarray | None = None) -> WindowData:
             return WindowData(keys[sel], new_offsets, starts, audio)
     except DamagedShard:
         raise
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any failure to read means a damaged shard
         raise DamagedShard(_reason(err)) from None
 
 
@@ -248,7 +248,7 @@ def read_rows(path: Path, rows: np.ndarray) -> ShardData:
             )
     except DamagedShard:
         raise
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any failure to read means a damaged shard
         raise DamagedShard(_reason(err)) from None
 
 

@@ -464,7 +464,8 @@ def _drums(seed: int) -> dict[str, np.ndarray]:
     kick = np.sin(2 * math.pi * np.cumsum(f) / sr) * np.exp(-t / 0.13)
     kick[: int(0.003 * sr)] += rng.uniform(-0.5, 0.5, int(0.003 * sr))
     t = np.arange(int(0.22 * sr)) / sr
-    snare = 0.7 * rng.uniform(-1, 1, t.size) * np.exp(-t / 0.05) + 0.5 * np.sin(2 * math.pi * 190 * t) * np.exp(-t / 0.06)
+    snare = (0.7 * rng.uniform(-1, 1, t.size) * np.exp(-t / 0.05)
+             + 0.5 * np.sin(2 * math.pi * 190 * t) * np.exp(-t / 0.06))
     t = np.arange(int(0.06 * sr)) / sr
     noise = rng.uniform(-1, 1, t.size + 1)
     hat = np.diff(noise) * np.exp(-t / 0.012)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.ffmpeg import ffmpeg_exe
 
+
 def run_ffmpeg(*args: str, timeout: float = 600.0) -> None:
     cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args]
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, timeout=timeout)

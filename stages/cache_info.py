@@ -44,7 +44,8 @@ def format_info(infos: list[dict], cache_dir, verbose: bool = False) -> list[str
         )
         a, v = s.get("audio", {}), s.get("video", {})
         shapes = s.get("shapes", {})
-        lines.append(f"    audio: {_layout(a, ('sample_rate', 'num_mel_bins', 'target_length'))}  → {shapes.get('audio')}")
+        lines.append(f"    audio: {_layout(a, ('sample_rate', 'num_mel_bins', 'target_length'))}"
+                     f"  → {shapes.get('audio')}")
         lines.append(f"    video: {_layout(v, ('frames_per_clip', 'size', 'crops', 'remove_borders'))}"
                      f"  → {shapes.get('video')}")
         lines.append(f"    path: {info['path']}")

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import click
 
@@ -157,7 +157,8 @@ def _held_out_videos(run_dir: Path, data: Path, n: int) -> list[dict]:
 
 
 def _check_against_truth(report, picks: list[dict], data: Path) -> list[dict]:
-    truth_tracks = {t["music_id"]: str(data / t["path"]) for t in json.loads((data / "demo.json").read_text())["tracks"]}
+    record = json.loads((data / "demo.json").read_text())
+    truth_tracks = {t["music_id"]: str(data / t["path"]) for t in record["tracks"]}
     checks = []
     for rec, pick in zip(report.recommendations, picks):
         own = truth_tracks[pick["music_id"]]

@@ -34,7 +34,7 @@ from pipeline.config import Config, expand_path
 from pipeline.encoders import extractor_settings
 from pipeline.errors import MvbindError
 from pipeline.inputs import AUDIO_EXTENSIONS, InputItem, list_inputs
-from pipeline.library import (SUFFIX, LibraryError, build_faiss, read_header, read_tags, write_library)
+from pipeline.library import SUFFIX, LibraryError, build_faiss, read_header, read_tags, write_library
 from pipeline.pooling import mean_pool
 from pipeline.projector import BindingModel, ProjectorSpec
 from pipeline.windows import WindowLayout

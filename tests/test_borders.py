@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from media import make_video
+
 from pipeline.borders import detect_content_box
 from pipeline.ffmpeg import ffmpeg_exe
 from pipeline.video import VideoSettings, video_inputs
@@ -20,7 +20,8 @@ RAW = VideoSettings(remove_borders=False)
 def ffmpeg_video(path: Path, lavfi: str, vf: str, duration: float = 3) -> Path:
     """An H.264 test video from a lavfi source and a filter chain (with a timeout)."""
     cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "lavfi", "-i", lavfi,
-           "-vf", vf, "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-t", str(duration), str(path)]  # fmt: skip
+           "-vf", vf, "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-t", str(duration),
+           str(path)]
     subprocess.run(cmd, check=True, timeout=120)
     return path
 
@@ -160,7 +161,8 @@ def test_dark_scene_in_letterbox_is_still_found(media):
 
 
 def test_small_bright_content_video_is_not_cropped(media):
-    path = ffmpeg_video(media / "small.mp4", "color=black:size=640x360:rate=15", "drawbox=x=300:y=160:w=40:h=40:color=white:t=fill")
+    path = ffmpeg_video(media / "small.mp4", "color=black:size=640x360:rate=15",
+                        "drawbox=x=300:y=160:w=40:h=40:color=white:t=fill")
     assert video_inputs(path).crop_box == (0, 0, 640, 360)
 
 

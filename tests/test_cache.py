@@ -1,13 +1,12 @@
 """The feature cache on real HDF5 files in a temp dir: shards, namespaces, locks, failures."""
 
+import hashlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-
-import hashlib
 
 import h5py
 import numpy as np

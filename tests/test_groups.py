@@ -7,7 +7,6 @@ from pipeline.groups import connected_components, find_groups, near_duplicate_pa
 from pipeline.metrics import retrieval_ranks, summarize
 from pipeline.splits import SplitError, assign_splits
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -35,7 +35,8 @@ def test_jsonl_manifest(tmp_path):
     lines = [{"path": "a.mp4", "music_id": 7}, {"path": "b.mp4", "split": "val"}]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     items = list_inputs(tmp_path / "m.jsonl")
-    assert [(os.path.basename(i.path), i.music_id, i.split) for i in items] == [("a.mp4", "7", ""), ("b.mp4", "", "val")]
+    got = [(os.path.basename(i.path), i.music_id, i.split) for i in items]
+    assert got == [("a.mp4", "7", ""), ("b.mp4", "", "val")]
 
 
 @pytest.mark.parametrize("name,text,message", [

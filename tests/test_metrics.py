@@ -8,7 +8,6 @@ import torch
 
 from pipeline.metrics import chance, recall_curve, retrieval_ranks, summarize
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
