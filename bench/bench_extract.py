@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 # ------------------------------------------------------------------------------ media
 def make_media(folder: Path, count: int, size: tuple[int, int], durations: tuple[float, float], fps: int) -> list[Path]:
-    from pipeline.synth import make_video
+    from tests.synth import make_video
 
     folder.mkdir(parents=True, exist_ok=True)
     sources = ["testsrc2", "smptebars", "testsrc", "rgbtestsrc"]
@@ -56,9 +56,9 @@ def run_naive(videos: list[Path], arch: str, out: Path) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from pipeline.audio import AudioSettings, audio_inputs
-    from pipeline.imagebind import build_imagebind
-    from pipeline.sampler import clip_spans
+    from mvbind.pipeline.encoders.imagebind.audio import AudioSettings, audio_inputs
+    from mvbind.pipeline.encoders.imagebind.model import build_imagebind
+    from mvbind.pipeline.media.sampler import clip_spans
 
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1, 1)
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1, 1)
@@ -105,9 +105,9 @@ def run_naive(videos: list[Path], arch: str, out: Path) -> dict:
 
 
 def run_mvbind(videos: list[Path], arch: str, out: Path, workers: int, batch: int) -> dict:
-    from pipeline.config import load_config
-    from pipeline.inputs import InputItem
-    from stages.extract import extract
+    from mvbind.pipeline.config.loader import load_config
+    from mvbind.pipeline.media.inputs import InputItem
+    from mvbind.stages.extract import extract
 
     config = load_config(overrides={"encoder.arch": arch, "encoder.weights": "random", "paths.cache": str(out),
                                     "extract.workers": workers, "encoder.batch_size": batch})
@@ -119,8 +119,8 @@ def run_mvbind(videos: list[Path], arch: str, out: Path, workers: int, batch: in
 
 def run_forward_only(videos: list[Path], arch: str, batch: int) -> dict:
     """Pure model time: the same batches on inputs prepared beforehand (preparation not timed)."""
-    from pipeline.config import load_config
-    from pipeline.encoders import make_embedder, make_preparer
+    from mvbind.pipeline.config.loader import load_config
+    from mvbind.pipeline.encoders.base import make_embedder, make_preparer
 
     config = load_config(overrides={"encoder.arch": arch, "encoder.weights": "random"})
     prepared = [make_preparer(config)(str(p)) for p in videos]

@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from pipeline.library import build_faiss, exact_search, faiss_search, track_recall  # noqa: E402
-from pipeline.synth import write_wav  # noqa: E402
+from mvbind.pipeline.library.store import build_faiss, exact_search, faiss_search, track_recall  # noqa: E402
+from tests.synth import write_wav  # noqa: E402
 
 
 def synthetic_library(n_windows: int, dim: int, seed: int = 0, structure: str = "clustered"
@@ -159,10 +159,10 @@ def make_tracks(folder: Path, n: int, seconds: float, sr: int = 22050) -> None:
 def tiny_run(tmp: Path):
     """A real (barely trained) run on a few tiny-ImageBind videos with the default [train] head
     (residual MLP, hidden 1024, 256-d out), so end-to-end queries go through a real video head."""
-    from pipeline.config import load_config
-    from pipeline.synth import make_video
-    from stages.extract import extract
-    from stages.train import train
+    from mvbind.pipeline.config.loader import load_config
+    from mvbind.stages.extract import extract
+    from mvbind.stages.train import train
+    from tests.synth import make_video
 
     config = load_config(overrides={
         "encoder.arch": "tiny", "encoder.weights": "random", "paths.cache": str(tmp / "cache"),
@@ -181,11 +181,11 @@ def bench_end_to_end(tmp: Path, sizes: list[int]) -> list[dict]:
     """recommend() for one cached video over library files of synthetic vectors stamped with a real
     run's identity: per query with the library and run loaded once (a service), and per call as the
     CLI runs it (library file read, checkpoint loaded)."""
-    from cache import fingerprint
-    from pipeline.encoders import extractor_settings
-    from pipeline.library import load_library, write_library
-    from stages.index import load_projector
-    from stages.recommend import recommend
+    from mvbind.cache import fingerprint
+    from mvbind.pipeline.encoders.base import extractor_settings
+    from mvbind.pipeline.library.projector import load_projector
+    from mvbind.pipeline.library.store import load_library, write_library
+    from mvbind.stages.recommend import recommend
 
     config, video = tiny_run(tmp)
     settings = extractor_settings(config)
@@ -242,12 +242,13 @@ def bench_end_to_end(tmp: Path, sizes: list[int]) -> list[dict]:
 def bench_build(tmp: Path, n_tracks: int, seconds: float) -> list[dict]:
     import torch
 
-    from pipeline.config import load_config
-    from pipeline.inputs import AUDIO_EXTENSIONS
-    from pipeline.projector import BindingModel, ProjectorSpec
-    from pipeline.windows import WindowLayout
-    from stages.extract import extract
-    from stages.index import Projector, index
+    from mvbind.pipeline.binding.projector import BindingModel, ProjectorSpec
+    from mvbind.pipeline.config.loader import load_config
+    from mvbind.pipeline.library.projector import Projector
+    from mvbind.pipeline.library.windows import WindowLayout
+    from mvbind.pipeline.media.inputs import AUDIO_EXTENSIONS
+    from mvbind.stages.extract import extract
+    from mvbind.stages.index import index
 
     folder = tmp / "music"
     make_tracks(folder, n_tracks, seconds)

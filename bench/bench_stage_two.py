@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.loss import BindingLoss  # noqa: E402
-from pipeline.projector import BindingModel, Head, ProjectorSpec, param_groups  # noqa: E402
-from stages.train import train_epoch  # noqa: E402
+from mvbind.pipeline.binding.loss import BindingLoss  # noqa: E402
+from mvbind.pipeline.binding.projector import BindingModel, Head, ProjectorSpec, param_groups  # noqa: E402
+from mvbind.pipeline.binding.training import train_epoch  # noqa: E402
 
 BATCH = 256
 
@@ -123,7 +123,7 @@ def _proc_status(field: str) -> int:
 
 def eval_worker(n: int, d: int) -> dict:
     """Runs in a fresh process: exact ranks both ways for n items at d dims."""
-    from pipeline.metrics import retrieval_ranks, summarize
+    from mvbind.pipeline.binding.metrics import retrieval_ranks, summarize
 
     video = unit_rows(n, d, 3)
     audio = torch.nn.functional.normalize(video + 1.2 * unit_rows(n, d, 4), dim=1)
@@ -157,9 +157,9 @@ def bench_eval(n: int, d: int) -> dict:
 
 
 def bench_cache_load(n: int) -> dict:
-    from cache import FeatureCache
-    from pipeline.pairs import load_pairs
-    from pipeline.planted import write_planted
+    from mvbind.cache import FeatureCache
+    from mvbind.pipeline.binding.pairs import load_pairs
+    from tests.planted import write_planted
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()

@@ -2,14 +2,14 @@
 
 Reader API for stage two::
 
-    from cache import FeatureCache
+    from mvbind.cache import FeatureCache
     ns = FeatureCache(config.cache_dir).find("3fa2")     # or .get(settings) / .namespaces()
     feats = ns.load()          # Features: keys, paths, audio (n, clips, d) fp16, masks, meta
 """
 
-from cache.keys import content_key, partition_of
-from cache.namespace import CacheError, Failure, FeatureCache, Features, Namespace, fingerprint
-from cache.shards import DamagedShard, Row
+from mvbind.cache.keys import content_key, partition_of
+from mvbind.cache.namespace import CacheError, Failure, FeatureCache, Features, Namespace, fingerprint
+from mvbind.cache.shards import DamagedShard, Row
 
 __all__ = [
     "CacheError",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cache.shards import (
+from mvbind.cache.shards import (
     TMP_PREFIX,
     DamagedShard,
     Row,
@@ -38,7 +38,7 @@ from cache.shards import (
     read_windows,
     write_shard,
 )
-from pipeline.errors import MvbindError
+from mvbind.errors import MvbindError
 
 log = logging.getLogger(__name__)
 NAMESPACE_SCHEMA = 1

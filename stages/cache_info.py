@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-import click
-
-from cache import FeatureCache
-from pipeline.cliutil import config_options, one_line_errors, resolve_config
+from mvbind.cache import FeatureCache
 
 
 def human_bytes(n: float) -> str:
@@ -59,26 +56,3 @@ def _layout(section: dict, keys: tuple[str, ...]) -> str:
     parts = [f"{section.get('clips_per_video')} clips × {section.get('clip_duration')} s"]
     parts += [f"{k}={section[k]}" for k in keys if k in section]
     return ", ".join(parts)
-
-
-@click.group()
-def cache_group() -> None:
-    """Inspect the feature cache."""
-
-
-@cache_group.command("info")
-@click.argument("prefix", required=False)
-@config_options
-@click.option("--cache-dir", help="Feature cache directory (paths.cache).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("-v", "--verbose", is_flag=True, help="Show every resolved setting.")
-@one_line_errors
-def info_command(prefix, config_path, sets, cache_dir, as_json, verbose):
-    """Namespaces in the cache (optionally only the one matching fingerprint PREFIX)."""
-    config = resolve_config(config_path, sets, {"paths.cache": cache_dir})
-    infos = cache_info(config.cache_dir, prefix)
-    if as_json:
-        click.echo(json.dumps(infos, indent=2))
-    else:
-        for line in format_info(infos, config.cache_dir, verbose):
-            click.echo(line)

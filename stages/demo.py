@@ -21,8 +21,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cliutil import one_line_errors
-from pipeline.config import Config
+from mvbind.pipeline.config.loader import Config
 
 CAVEAT = ("The demo's music is generated and its visuals are rendered to follow it, so these numbers show that the "
           "pipeline works and learns a real correspondence — not how well it does on real short videos.")
@@ -42,7 +41,7 @@ class DemoResult:
 def demo_config(workdir: Path, *, workers: int = 2, batch_size: int = 32) -> Config:
     """Settings for the demo: the signal encoder, all data under `workdir`, a batch size for a small set,
     music groups from the generator's music ids."""
-    from pipeline.config import load_config
+    from mvbind.pipeline.config.loader import load_config
 
     overrides = {
         "encoder.name": "signal",
@@ -70,12 +69,12 @@ def run_demo(workdir: str | Path, *, videos: int = 300, library_tracks: int = 20
              held_out: int = 3, k: int = 5, video_seconds: tuple[float, float] = (6.0, 12.0),
              track_seconds: tuple[float, float] = (15.0, 30.0), batch_size: int = 32, progress: bool = True,
              notify: Callable[[str], None] = click.echo) -> DemoResult:
-    from stages.demo_data import demo_data
-    from stages.evaluate import evaluate
-    from stages.extract import extract
-    from stages.index import index
-    from stages.recommend import recommend
-    from stages.train import train
+    from mvbind.stages.demo_data import demo_data
+    from mvbind.stages.evaluate import evaluate
+    from mvbind.stages.extract import extract
+    from mvbind.stages.index import index
+    from mvbind.stages.recommend import recommend
+    from mvbind.stages.train import train
 
     workdir = Path(workdir).resolve()
     config = demo_config(workdir, workers=workers, batch_size=batch_size)
@@ -142,7 +141,7 @@ def _existing_demo(manifest: Path) -> dict | None:
 
 def _held_out_videos(run_dir: Path, data: Path, n: int) -> list[dict]:
     """The first `n` demo videos whose cache keys are in the run's test split."""
-    from cache import content_key
+    from mvbind.cache import content_key
 
     test_keys = set(json.loads((run_dir / "split.json").read_text())["test"])
     truth = json.loads((data / "demo.json").read_text())
@@ -166,17 +165,3 @@ def _check_against_truth(report, picks: list[dict], data: Path) -> list[dict]:
         checks.append({"video": rec.video, "music_id": pick["music_id"], "offset": pick["offset"],
                        "rank": hit["rank"] if hit else None, "start": hit["start"] if hit else None})
     return checks
-
-
-@click.command()
-@click.argument("workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"))
-@click.option("--videos", type=int, default=300, show_default=True, help="Demo videos to generate.")
-@click.option("--library-tracks", type=int, default=20, show_default=True, help="Distractor tracks in the library.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True)
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-@one_line_errors
-def demo_command(workdir, videos, library_tracks, seed, workers, quiet):
-    """Run the whole job offline on a generated demo collection in WORKDIR (default ./demo)."""
-    run_demo(workdir, videos=videos, library_tracks=library_tracks, seed=seed, workers=workers,
-             progress=not quiet)

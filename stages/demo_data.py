@@ -35,12 +35,10 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-import click
 from tqdm import tqdm
 
-from pipeline import demo
-from pipeline.cliutil import one_line_errors
-from pipeline.errors import ConfigError
+from mvbind.errors import ConfigError
+from mvbind.pipeline.demo import generate as demo
 
 MARKER = ".mvbind-demo"
 FORMAT = "mvbind-demo/1"
@@ -207,23 +205,3 @@ def demo_data(out_dir: str | Path, *, videos: int = 300, library_tracks: int = 4
         pillarboxed=borders["pillarbox"], video_seconds=sum(v.duration for v in plan.videos),
         bytes=size, seconds=time.perf_counter() - t0, workers=max(1, workers),
     )
-
-
-@click.command()
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo/data"))
-@click.option("--videos", type=click.IntRange(min=1), default=300, show_default=True, help="Number of videos.")
-@click.option("--library-tracks", type=click.IntRange(min=0), default=40, show_default=True,
-              help="Distractor tracks in the library, besides every track the videos use.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Rendering processes (0 = in this process).")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier demo collection in OUT_DIR.")
-@one_line_errors
-def demo_data_command(out_dir, videos, library_tracks, seed, workers, overwrite):
-    """Write a synthetic demo collection to OUT_DIR (default demo/data): vertical short videos whose
-    cuts, motion, palette and brightness follow their generated music, a manifest with music_ids,
-    a library of longer tracks (used + distractors) and ground truth in demo.json."""
-    summary = demo_data(out_dir, videos=videos, library_tracks=library_tracks, seed=seed,
-                        workers=workers, overwrite=overwrite)
-    for line in summary.lines():
-        click.echo(line)

@@ -16,36 +16,23 @@ Writes <eval dir>/metrics.json, table.md, recall_at_k.png and prints the table.
 from __future__ import annotations
 
 import hashlib
-import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 
-from cache import CacheError, FeatureCache
-from pipeline.checkpoint import load_checkpoint
-from pipeline.cliutil import config_options, one_line_errors, resolve_config, run_in_process
-from pipeline.config import Config, expand_path
-from pipeline.metrics import chance, recall_curve, retrieval_ranks, summarize
-from pipeline.pairs import PairSet, load_pairs, select_namespace
-from pipeline.projector import ProjectorSpec
-from stages.report import markdown_table, plot_recall
-from stages.train import (
-    RunError,
-    claim_run_dir,
-    encode,
-    make_split,
-    music_groups,
-    relabel,
-    run_name,
-    say,
-    skipped_note,
-    write_json,
-)
+from mvbind.cache import CacheError, FeatureCache
+from mvbind.pipeline.binding.checkpoint import load_checkpoint
+from mvbind.pipeline.binding.metrics import chance, recall_curve, retrieval_ranks, summarize
+from mvbind.pipeline.binding.pairs import PairSet, load_pairs, select_namespace
+from mvbind.pipeline.binding.projector import ProjectorSpec
+from mvbind.pipeline.binding.report import markdown_table, plot_recall
+from mvbind.pipeline.binding.runs import RunError, _read, claim_run_dir, find_run, run_name, write_json
+from mvbind.pipeline.binding.training import encode, make_split, music_groups, relabel, skipped_note
+from mvbind.pipeline.config.loader import Config, expand_path
+from mvbind.pipeline.console import say
 
 
 @dataclass
@@ -63,20 +50,8 @@ class Gallery:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def find_run(config: Config, run: str | Path) -> Path:
-    path = Path(run)
-    for candidate in (path, config.runs_dir / str(run)):
-        if (candidate / "cache.json").is_file():
-            return candidate
-    raise RunError(f"run {str(run)!r} not found (no {path}/cache.json, no {config.runs_dir / str(run)}/cache.json); "
-                   "give a run name under paths.runs or a run directory")
 
 
-def _read(run_dir: Path, name: str) -> dict:
-    try:
-        return json.loads((run_dir / name).read_text())
-    except (OSError, ValueError) as err:
-        raise RunError(f"{run_dir / name}: unreadable ({err}); the run directory is incomplete") from None
 
 
 class _PairCache:
@@ -252,34 +227,3 @@ def _row(name: str, kind: str, gal: Gallery, video, audio, ks, max_k: int, confi
             "music_to_video": summarize(r_m2v, ks),
             "curves": {"video_to_music": recall_curve(r_v2m, max_k), "music_to_video": recall_curve(r_m2v, max_k)},
             "seconds": round(time.perf_counter() - t0, 3), **(extra or {})}
-
-
-@click.command("eval")
-@config_options
-@click.argument("runs", nargs=-1)
-@click.option("--cache", "cache_prefix", default=None, metavar="PREFIX",
-              help="Fingerprint prefix of the namespace (baselines without runs; with runs, "
-                   "each checkpoint must match it).")
-@click.option("--split", type=click.Choice(["test", "val", "train"]), default=None,
-              help="Which split is the gallery (default: eval.split, normally test).")
-@click.option("--name", default=None, help="Report directory name under <paths.runs>/_evals (default: a timestamp).")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Report directory (overrides --name).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing report directory.")
-@click.option("--no-baselines", is_flag=True, help="Leave out chance and zero-shot ImageBind.")
-@one_line_errors
-def eval_command(config_path, sets, runs, cache_prefix, split, name, out, overwrite, no_baselines):
-    """Recall@K, median/mean rank both ways for RUNS (names or directories) plus baselines."""
-    config = resolve_config(config_path, sets, {"eval.split": split})
-    out_dir, metrics = evaluate(config, list(runs), cache=cache_prefix, name=name, out=out, overwrite=overwrite,
-                                baselines=False if no_baselines else None)
-    click.echo(markdown_table(metrics["rows"], metrics["ks"]), nl=False)
-    click.echo(f"\nwritten to {out_dir}", err=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """In-process entry: `main(["run-a", "run-b", "--name", "cmp"])`; returns the exit code."""
-    return run_in_process(eval_command, argv, "eval")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,6 @@ Refuses, in one line, a library built for other encoder settings or another proj
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 import time
@@ -20,20 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import numpy as np
 
-from cache import FeatureCache, fingerprint
-from pipeline.cliutil import config_options, one_line_errors, resolve_config
-from pipeline.config import Config
-from pipeline.encoders import extractor_settings
-from pipeline.errors import MvbindError
-from pipeline.ffmpeg import ffmpeg_exe
-from pipeline.inputs import InputItem
-from pipeline.library import Library, LibraryError, load_library, read_header
-from stages.extract import extract
-from stages.index import Projector, check_compatible, load_projector, resolve_library
-from stages.train import say
+from mvbind.cache import FeatureCache, fingerprint
+from mvbind.errors import MvbindError
+from mvbind.pipeline.config.loader import Config
+from mvbind.pipeline.console import say
+from mvbind.pipeline.encoders.base import extractor_settings
+from mvbind.pipeline.library.locate import resolve_library
+from mvbind.pipeline.library.projector import Projector, check_compatible, load_projector
+from mvbind.pipeline.library.store import Library, LibraryError, load_library, read_header
+from mvbind.pipeline.media.ffmpeg import ffmpeg_exe
+from mvbind.pipeline.media.inputs import InputItem
+from mvbind.pipeline.runner import run_extraction
 
 AUDIO_CODECS = {".webm": "libopus", ".ogv": "libvorbis", ".ogg": "libvorbis", ".avi": "libmp3lame"}  # else aac
 
@@ -154,7 +152,7 @@ def recommend(config: Config, videos: list[str | Path], *, library: str | Path |
     items = [InputItem(path=str(v)) for v in videos]
     cfg = dataclasses.replace(config, extract=dataclasses.replace(config.extract, retry_failed=True))
     t = time.perf_counter()
-    summary = extract(cfg, items, require=("video",), progress=progress, lazy_model=True)
+    summary = run_extraction(cfg, items, require=("video",), progress=progress, lazy_model=True)
     secs["embed"] = time.perf_counter() - t
     ns = FeatureCache(config.cache_dir).find(summary.namespace)
     failed_now = dict(summary.failed)
@@ -260,39 +258,3 @@ def write_preview(video: Path, track: Path, start: float, out_dir: Path, *, dura
     finally:
         tmp.unlink(missing_ok=True)
     return str(out), mode
-
-
-@click.command("recommend")
-@click.argument("videos", nargs=-1, type=click.Path(path_type=Path))
-@config_options
-@click.option("--library", "library", required=True, help="Library file, or a name in library.dir (`cli.py index`).")
-@click.option("--run", default=None, help="The run the library was indexed with; without it: zero-shot.")
-@click.option("-k", "k", type=int, default=None, help="Tracks per video (recommend.k).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--preview", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write each video with its top track from the suggested start into this folder.")
-@click.option("--mix", is_flag=True, default=None, help="Preview: mix the track under the video's own audio "
-                                                       "(recommend.preview_audio=mix) instead of replacing it.")
-@click.option("--search", type=click.Choice(["auto", "exact", "faiss"]), default=None,
-              help="auto: FAISS when the library has an index (recommend.search).")
-@click.option("--cache-dir", help="Feature cache directory (paths.cache).")
-@click.option("--arch", help="ImageBind architecture: huge, small or tiny (encoder.arch).")
-@click.option("--weights", help='Weights file, or "random" for random init (encoder.weights).')
-@click.option("--device", help="auto, cpu, cuda or cuda:N (encoder.device).")
-@click.option("--workers", type=int, help="Decoding worker processes (extract.workers).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-@one_line_errors
-def recommend_command(videos, config_path, sets, library, run, k, as_json, preview, mix, search, cache_dir, arch,
-                      weights, device, workers, quiet):
-    """Recommend tracks from a library for VIDEOS, each with a suggested start time."""
-    config = resolve_config(config_path, sets, {
-        "paths.cache": cache_dir, "encoder.arch": arch, "encoder.weights": weights, "encoder.device": device,
-        "extract.workers": workers, "recommend.search": search, "recommend.preview_audio": "mix" if mix else None})
-    report = recommend(config, list(videos), library=library, run=run, k=k, preview=preview,
-                       progress=not quiet and not as_json)
-    for note in report.notes:
-        say(note)
-    if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
-    else:
-        click.echo(report.table(), nl=False)

@@ -18,166 +18,35 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import click
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.checkpoint import save_checkpoint
-from pipeline.cliutil import config_options, one_line_errors, resolve_config, run_in_process
-from pipeline.config import Config, to_dict
-from pipeline.errors import MvbindError
-from pipeline.groups import MusicGroups, find_groups
-from pipeline.loss import BindingLoss
-from pipeline.metrics import retrieval_ranks, summarize
-from pipeline.pairs import PairSet, load_pairs, select_namespace
-from pipeline.projector import BindingModel, ProjectorSpec, param_groups
-from pipeline.splits import Split, assign_splits
-
-RUN_MARKERS = ("config.json", "metrics.jsonl", "final_metrics.json")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-
-
-class RunError(MvbindError):
-    """The run directory or the data can't be used as asked."""
-
-
-def say(message: str) -> None:
-    """A notice for the user, on stderr (stdout carries only results)."""
-    tqdm.write(message, file=sys.stderr)
-
-
-# -- shared with evaluation ---------------------------------------------------------------
-def music_groups(pairs: PairSet, config: Config) -> MusicGroups:
-    t = config.train
-    return find_groups(pairs.music_ids, pairs.audio if t.audio_dup_groups else None,
-                       use_music_id=t.music_id_groups, audio_threshold=t.audio_dup_threshold,
-                       chunk_mb=config.eval.chunk_mb)
-
-
-def make_split(pairs: PairSet, groups: MusicGroups, config: Config) -> Split:
-    t = config.train
-    return assign_splits(pairs.keys, pairs.manifest_splits, groups.labels, val_fraction=t.val_fraction,
-                         test_fraction=t.test_fraction, salt=t.split_salt, origins=pairs.shard_of)
-
-
-def skipped_note(pairs: PairSet) -> str | None:
-    parts = [f"{v} without {k[3:]}" for k, v in pairs.skipped.items() if v]
-    return f"skipped {', '.join(parts)} (no pair to learn from)" if parts else None
-
-
-def encode(model: BindingModel, video, audio, *, batch: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embed row-aligned inputs with the model in eval mode, in batches."""
-    model.eval()
-    vs, as_ = [], []
-    with torch.no_grad():
-        for s in range(0, len(video), batch):
-            vs.append(model.encode_video(torch.as_tensor(video[s:s + batch])))
-            as_.append(model.encode_audio(torch.as_tensor(audio[s:s + batch])))
-    return torch.cat(vs), torch.cat(as_)
-
-
-def val_summary(v2m: np.ndarray, m2v: np.ndarray, ks) -> dict:
-    return {"video_to_music": summarize(v2m, ks), "music_to_video": summarize(m2v, ks)}
-
-
-def relabel(labels: np.ndarray) -> np.ndarray:
-    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
-
-
-# -- run directory ----------------------------------------------------------------------
-def run_name(name: str | None) -> str:
-    name = name or time.strftime("%Y%m%d-%H%M%S")
-    if not NAME_RE.match(name) or name in (".", ".."):
-        raise RunError(f"run name {name!r}: use letters, digits, '.', '_', '+' or '-', "
-                       "starting with a letter or digit")
-    return name
-
-
-def claim_run_dir(run_dir: Path, overwrite: bool, markers: tuple[str, ...] = RUN_MARKERS) -> None:
-    """Create run_dir; an existing one is refused unless `overwrite`, and then removed loudly
-    (only if it holds one of `markers`, i.e. it is ours)."""
-    if run_dir.exists() or run_dir.is_symlink():
-        if not overwrite:
-            raise RunError(f"{run_dir} already exists; choose another --name or pass --overwrite to replace it")
-        if not run_dir.is_dir() or run_dir.is_symlink():
-            raise RunError(f"{run_dir} exists and is not a directory; move it away yourself")
-        entries = list(run_dir.iterdir())
-        if entries and not any((run_dir / m).exists() for m in markers):
-            raise RunError(f"{run_dir} is not an mvbind directory of this kind (no {markers[0]}); "
-                           "refusing to delete it with --overwrite; move it away yourself")
-        say(f"--overwrite: removing the existing directory {run_dir} ({len(entries)} entries)")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-
-
-def write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
-
-
-# -- training ----------------------------------------------------------------------------
-@dataclass
-class _Data:
-    video: torch.Tensor  # (n, dv) pooled float32, or (n, cv, dv) float16 clips for attention pooling
-    audio: torch.Tensor
-    groups: torch.Tensor  # (n,) int64
-
-
-def _inputs(pairs: PairSet, idx: np.ndarray, pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if pooling == "attention":
-        return torch.from_numpy(pairs.video_clips[idx]), torch.from_numpy(pairs.audio_clips[idx])
-    return (torch.from_numpy(np.ascontiguousarray(pairs.video[idx])),
-            torch.from_numpy(np.ascontiguousarray(pairs.audio[idx])))
-
-
-def lr_at(step: int, *, base: float, floor: float, warmup: int, total: int) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay from `base` to `floor` at `total`."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * progress))
-
-
-def train_epoch(model: BindingModel, opt: torch.optim.Optimizer, loss_fn: BindingLoss, video: torch.Tensor,
-                audio: torch.Tensor, groups: torch.Tensor, *, batch_size: int, generator: torch.Generator,
-                lr_of_step: Callable[[int], float], first_step: int = 0, max_logit_scale: float = 100.0,
-                bar: tqdm | None = None) -> tuple[float, float]:
-    """One pass over the pairs in a seeded random order, full batches only (the rest is dropped).
-    Returns (summed loss, last learning rate)."""
-    model.train()
-    n = len(video)
-    steps = n // batch_size
-    order = torch.randperm(n, generator=generator).to(video.device)
-    loss_sum = torch.zeros((), device=video.device)
-    lr = lr_of_step(first_step)
-    for s in range(steps):
-        idx = order[s * batch_size:(s + 1) * batch_size]
-        lr = lr_of_step(first_step + s)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        v_emb = model.encode_video(video.index_select(0, idx))
-        a_emb = model.encode_audio(audio.index_select(0, idx))
-        loss = loss_fn(v_emb, a_emb, model.logit_scale.exp(), groups.index_select(0, idx))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        model.clamp_logit_scale(max_logit_scale)
-        loss_sum += loss.detach()
-        if bar is not None:
-            bar.update(1)
-            if s % 8 == 0 or s == steps - 1:
-                bar.set_postfix_str(f"loss {loss.item():.4f}", refresh=False)
-    return float(loss_sum), lr
+from mvbind.pipeline.binding.checkpoint import save_checkpoint
+from mvbind.pipeline.binding.groups import MusicGroups
+from mvbind.pipeline.binding.loss import BindingLoss
+from mvbind.pipeline.binding.metrics import retrieval_ranks
+from mvbind.pipeline.binding.pairs import PairSet, load_pairs, select_namespace
+from mvbind.pipeline.binding.projector import BindingModel, ProjectorSpec, param_groups
+from mvbind.pipeline.binding.runs import RunError, claim_run_dir, run_name, write_json
+from mvbind.pipeline.binding.splits import Split
+from mvbind.pipeline.binding.training import (
+    _inputs,
+    encode,
+    lr_at,
+    make_split,
+    music_groups,
+    relabel,
+    skipped_note,
+    train_epoch,
+    val_summary,
+)
+from mvbind.pipeline.config.loader import Config, to_dict
+from mvbind.pipeline.console import say
 
 
 def train(config: Config, *, cache: str | None = None, name: str | None = None, overwrite: bool = False,
@@ -328,30 +197,3 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
                 "seconds": round(time.perf_counter() - t_start, 3)}
     finally:
         torch.set_num_threads(threads_before)
-
-
-# -- command line ------------------------------------------------------------------------
-@click.command("train")
-@config_options
-@click.option("--cache", "cache_prefix", default=None, metavar="PREFIX",
-              help="Fingerprint prefix of the cache namespace (default: the one pipeline.toml's settings name).")
-@click.option("--name", default=None, help="Run directory name under paths.runs (default: a timestamp).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory of the same name.")
-@click.option("--epochs", type=int, default=None, help="Shortcut for --set train.epochs=N.")
-@click.option("--batch-size", type=int, default=None, help="Shortcut for --set train.batch_size=N.")
-@click.option("--lr", type=float, default=None, help="Shortcut for --set train.lr=X.")
-@click.option("--seed", type=int, default=None, help="Shortcut for --set train.seed=N.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-@one_line_errors
-def train_command(config_path, sets, cache_prefix, name, overwrite, epochs, batch_size, lr, seed, quiet):
-    """Train the binding projector on cached features; writes runs/<name>/."""
-    config = resolve_config(config_path, sets, {"train.cache": cache_prefix, "train.epochs": epochs,
-                                                "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed})
-    options = {"config": config_path, "set": list(sets), "cache": cache_prefix, "name": name, "overwrite": overwrite}
-    run_dir = train(config, name=name, overwrite=overwrite, progress=not quiet, cli_options=options)
-    click.echo(str(run_dir))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """In-process entry (tests, notebooks): `main(["--cache", "3fa2", "--epochs", "3"])`; returns the exit code."""
-    return run_in_process(train_command, argv, "train")

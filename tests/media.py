@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pipeline.synth import make_video, run_ffmpeg
+from tests.synth import make_video, run_ffmpeg
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

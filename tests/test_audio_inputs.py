@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from media import FIXTURES, make_video, run_ffmpeg
-from ref_fbank import melspec_ratios, reference_clips
 
-from pipeline.audio import AudioSettings, audio_inputs, decode_audio, waveform_inputs
-from pipeline.errors import MediaError, NoStreamError
-from pipeline.resample import resample
+from mvbind.errors import MediaError, NoStreamError
+from mvbind.pipeline.encoders.imagebind.audio import AudioSettings, audio_inputs, decode_audio, waveform_inputs
+from mvbind.pipeline.encoders.imagebind.resample import resample
+from tests.media import FIXTURES, make_video, run_ffmpeg
+from tests.ref_fbank import melspec_ratios, reference_clips
 
 PRE = FIXTURES / "preprocess"
 NO_QUIRK = AudioSettings(reference_overlap_quirk=False)

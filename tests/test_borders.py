@@ -1,4 +1,4 @@
-"""pipeline.borders: MVBind's black-border removal, on arrays and on real encoded videos."""
+"""mvbind.pipeline.media.borders: MVBind's black-border removal, on arrays and on real encoded videos."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from media import make_video
 
-from pipeline.borders import detect_content_box
-from pipeline.ffmpeg import ffmpeg_exe
-from pipeline.video import VideoSettings, video_inputs
+from mvbind.pipeline.encoders.imagebind.vision import VideoSettings, video_inputs
+from mvbind.pipeline.media.borders import detect_content_box
+from mvbind.pipeline.media.ffmpeg import ffmpeg_exe
+from tests.media import make_video
 
 RAW = VideoSettings(remove_borders=False)
 

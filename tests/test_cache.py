@@ -12,8 +12,8 @@ import h5py
 import numpy as np
 import pytest
 
-from cache import CacheError, FeatureCache, Row, fingerprint, partition_of
-from cache.shards import TMP_PREFIX
+from mvbind.cache import CacheError, FeatureCache, Row, fingerprint, partition_of
+from mvbind.cache.shards import TMP_PREFIX
 
 SETTINGS = {"encoder": {"name": "test"}, "shapes": {"audio": [3, 8], "video": [15, 8]}}
 
@@ -78,7 +78,7 @@ def test_namespace_is_the_fingerprint(tmp_path):
 def test_shards_never_overwritten_and_temp_files_invisible(tmp_path):
     ns = FeatureCache(tmp_path).create(SETTINGS)
     path = ns.write_shard(rows(2))
-    from cache.shards import write_shard
+    from mvbind.cache.shards import write_shard
 
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         write_shard(path.parent, path.name, rows(1), audio_shape=(3, 8), video_shape=(15, 8), attrs={})
@@ -113,7 +113,7 @@ def test_inconsistent_shard_is_reported(tmp_path):
     with h5py.File(path, "a") as f:
         del f["duration"]
         f.create_dataset("duration", data=np.zeros(2, np.float32))
-    from cache.shards import DamagedShard, read_shard
+    from mvbind.cache.shards import DamagedShard, read_shard
 
     with pytest.raises(DamagedShard, match="'duration' has 2 rows, expected 3"):
         read_shard(path)
@@ -148,7 +148,7 @@ def test_partition_is_stable_and_balanced():
 
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
-    from cache import FeatureCache
+    from mvbind.cache import FeatureCache
     ns = FeatureCache(sys.argv[1]).create({"encoder": {"name": "test"}, "shapes": {"audio": [3, 8], "video": [15, 8]}})
     with ns.lock(0, 1):
         print("locked", flush=True)

@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.config import DEFAULT_CONFIG, load_config
-from pipeline.errors import ConfigError
+from mvbind.errors import ConfigError
+from mvbind.pipeline.config.loader import DEFAULT_CONFIG, load_config
 
 
 def test_bundled_pipeline_toml_loads_with_the_reference_constants():

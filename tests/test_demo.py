@@ -2,7 +2,7 @@
 
 import json
 
-from stages.demo import run_demo
+from mvbind.stages.demo import run_demo
 
 
 def test_demo_runs_end_to_end_on_a_tiny_collection(tmp_path):

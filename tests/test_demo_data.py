@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline import demo
-from pipeline.borders import detect_content_box
-from pipeline.errors import ConfigError
-from pipeline.inputs import list_inputs
-from stages.demo_data import demo_data, demo_data_command
+from mvbind.cli import demo_data_command
+from mvbind.errors import ConfigError
+from mvbind.pipeline.demo import generate as demo
+from mvbind.pipeline.media.borders import detect_content_box
+from mvbind.pipeline.media.inputs import list_inputs
+from mvbind.stages.demo_data import demo_data
 
 TINY = dict(videos=6, library_tracks=2, video_seconds=(2.0, 3.0), track_seconds=(6.0, 8.0), progress=False)
 SR, FPS = demo.SAMPLE_RATE, demo.FPS

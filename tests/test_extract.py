@@ -13,16 +13,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cache import CacheError, FeatureCache, content_key
-from pipeline.audio import audio_inputs
-from pipeline.config import load_config
-from pipeline.encoders import extractor_settings
-from pipeline.imagebind import build_imagebind
-from pipeline.inputs import InputItem
-from pipeline.video import video_inputs
-from stages.extract import extract
-
-from media import make_video, run_ffmpeg
+from mvbind.cache import CacheError, FeatureCache, content_key
+from mvbind.pipeline.config.loader import load_config
+from mvbind.pipeline.encoders.base import extractor_settings
+from mvbind.pipeline.encoders.imagebind.audio import audio_inputs
+from mvbind.pipeline.encoders.imagebind.model import build_imagebind
+from mvbind.pipeline.encoders.imagebind.vision import video_inputs
+from mvbind.pipeline.media.inputs import InputItem
+from mvbind.stages.extract import extract
+from tests.media import make_video, run_ffmpeg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,7 +132,7 @@ EXPECT_OK = {"good.mp4", "silent.mp4", "short.mp4", "long.mp4", "full_hd.mp4", "
 
 
 def test_bad_input_never_stops_a_run(bad_inputs, tmp_path):
-    from pipeline.inputs import list_inputs
+    from mvbind.pipeline.media.inputs import list_inputs
 
     items = list_inputs(bad_inputs)
     vanished = tmp_path / "vanished.mp4"
@@ -209,7 +208,7 @@ def test_second_extract_on_a_locked_partition_is_refused(videos, tmp_path):
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(CacheError, match="another extract is writing partition 0 of 1"):
             extract(config, videos, progress=False)
-        from cli import cli
+        from mvbind.cli import cli
 
         result = CliRunner().invoke(cli, ["extract", str(videos), "--arch", "tiny", "--weights", "random",
                                           "--cache-dir", str(tmp_path / "cache"), "--workers", "0"])
@@ -265,7 +264,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(many_videos, t
 
 
 def test_cli_extract_and_cache_info(videos, tmp_path):
-    from cli import cli
+    from mvbind.cli import cli
 
     runner = CliRunner()
     args = ["--arch", "tiny", "--weights", "random", "--cache-dir", str(tmp_path / "c"), "--workers", "0"]

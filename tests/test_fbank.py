@@ -12,11 +12,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from media import FIXTURES
-from ref_fbank import Reference, log_error_ratio, melspec_to_log, reference_fbank
 
-import pipeline.fbank as fbank_module
-from pipeline.fbank import FLOAT32_EPS, MEL_MEAN, MEL_STD, kaldi_fbank, melspec, pad_or_cut
+import mvbind.pipeline.encoders.imagebind.fbank as fbank_module
+from mvbind.pipeline.encoders.imagebind.fbank import FLOAT32_EPS, MEL_MEAN, MEL_STD, kaldi_fbank, melspec, pad_or_cut
+from tests.media import FIXTURES
+from tests.ref_fbank import Reference, log_error_ratio, melspec_to_log, reference_fbank
 
 REF = np.load(FIXTURES / "fbank.npz")
 NAMES = [str(n) for n in REF["names"]]

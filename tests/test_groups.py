@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from pipeline.groups import connected_components, find_groups, near_duplicate_pairs
-from pipeline.metrics import retrieval_ranks, summarize
-from pipeline.splits import SplitError, assign_splits
+from mvbind.pipeline.binding.groups import connected_components, find_groups, near_duplicate_pairs
+from mvbind.pipeline.binding.metrics import retrieval_ranks, summarize
+from mvbind.pipeline.binding.splits import SplitError, assign_splits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.imagebind import ImageBindAV, build_imagebind, imagebind_config
+from mvbind.pipeline.encoders.imagebind.model import ImageBindAV, build_imagebind, imagebind_config
 
 MODEL_FIXTURES = Path(__file__).parent / "fixtures" / "model"
 ATOL = 1e-5

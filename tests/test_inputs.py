@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.inputs import list_inputs
+from mvbind.errors import ConfigError
+from mvbind.pipeline.media.inputs import list_inputs
 
 
 def touch(path):

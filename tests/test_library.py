@@ -12,20 +12,27 @@ import numpy as np
 import pytest
 import torch
 
-from cache import FeatureCache, Row
-from cache.shards import read_windows
-from pipeline.audio import AudioSettings, decode_audio, waveform_inputs
-from pipeline import synth
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
-from pipeline.imagebind import build_imagebind
-from pipeline.library import (LibraryError, build_faiss, exact_search, faiss_search, load_library, read_header,
-                              track_recall, write_library)
-from pipeline.pooling import mean_pool
-from pipeline.windows import WindowLayout, imagebind_windows, window_settings
-from stages.index import index
-
-from media import make_video, run_ffmpeg
+from mvbind.cache import FeatureCache, Row
+from mvbind.cache.shards import read_windows
+from mvbind.errors import ConfigError
+from mvbind.pipeline.binding.pooling import mean_pool
+from mvbind.pipeline.config.loader import load_config
+from mvbind.pipeline.encoders.imagebind.audio import AudioSettings, decode_audio, waveform_inputs
+from mvbind.pipeline.encoders.imagebind.model import build_imagebind
+from mvbind.pipeline.library.store import (
+    LibraryError,
+    build_faiss,
+    exact_search,
+    faiss_search,
+    load_library,
+    read_header,
+    track_recall,
+    write_library,
+)
+from mvbind.pipeline.library.windows import WindowLayout, imagebind_windows, window_settings
+from mvbind.stages.index import index
+from tests import synth
+from tests.media import make_video, run_ffmpeg
 
 SR = 16000
 SETTINGS = {"encoder": {"name": "test"}, "shapes": {"audio": [1, 8], "video": [1, 8]}}

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.loss import BindingLoss, _multi_positive, contrastive_loss
-from pipeline.projector import BindingModel, ProjectorSpec
+from mvbind.pipeline.binding.loss import BindingLoss, _multi_positive, contrastive_loss
+from mvbind.pipeline.binding.projector import BindingModel, ProjectorSpec
 
 
 def tiny_batch(b=4, d=3, seed=0):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.metrics import chance, recall_curve, retrieval_ranks, summarize
+from mvbind.pipeline.binding.metrics import chance, recall_curve, retrieval_ranks, summarize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -102,7 +102,7 @@ def test_chance_is_exact():
 
 
 def test_group_best_scores_in_both_code_paths():
-    from pipeline.metrics import _group_best
+    from mvbind.pipeline.binding.metrics import _group_best
 
     sizes = np.array([1, 3, 3, 40, 1, 2])
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])

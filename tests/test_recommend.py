@@ -23,19 +23,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import cli
-from pipeline.audio import decode_audio
-from pipeline import synth
-from pipeline.config import load_config
-from pipeline.errors import MvbindError
-from pipeline.library import LibraryError, read_header
-from pipeline.resample import resample
-from stages.extract import extract
-from stages.index import Projector, check_compatible, index
-from stages.recommend import recommend
-from stages.train import train
-
-from media import make_video, run_ffmpeg
+from mvbind.cli import cli
+from mvbind.errors import MvbindError
+from mvbind.pipeline.config.loader import load_config
+from mvbind.pipeline.encoders.imagebind.audio import decode_audio
+from mvbind.pipeline.encoders.imagebind.resample import resample
+from mvbind.pipeline.library.projector import Projector, check_compatible
+from mvbind.pipeline.library.store import LibraryError, read_header
+from mvbind.stages.extract import extract
+from mvbind.stages.index import index
+from mvbind.stages.recommend import recommend
+from mvbind.stages.train import train
+from tests import synth
+from tests.media import make_video, run_ffmpeg
 
 SR = 16000
 SOURCES = ["testsrc", "testsrc2", "smptebars", "rgbtestsrc", "yuvtestsrc", "pal75bars", "colorspectrum", "zoneplate"]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from media import FIXTURES
-from pipeline.audio import decode_audio
-from pipeline.resample import resample, resample_span, resampled_length
+from mvbind.pipeline.encoders.imagebind.audio import decode_audio
+from mvbind.pipeline.encoders.imagebind.resample import resample, resample_span, resampled_length
+from tests.media import FIXTURES
 
 CLIP = FIXTURES / "preprocess" / "clip.mp4"
 

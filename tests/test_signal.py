@@ -10,24 +10,23 @@ import numpy as np
 import pytest
 import torch
 
-from cache import FeatureCache
-from pipeline.config import load_config
-from pipeline.encoders import extractor_settings, make_embedder, make_preparer
-from pipeline.errors import ConfigError
-from pipeline.ffmpeg import ffmpeg_exe
-from pipeline.signal import (
+from mvbind.cache import FeatureCache
+from mvbind.errors import ConfigError
+from mvbind.pipeline.config.loader import load_config
+from mvbind.pipeline.encoders.base import extractor_settings, make_embedder, make_preparer
+from mvbind.pipeline.encoders.signal.features import (
     AUDIO_FEATURE_NAMES,
     VIDEO_FEATURE_NAMES,
     SignalSettings,
-    audio_features,
     audio_feature_names,
+    audio_features,
     clip_samples,
     video_feature_names,
     video_features,
 )
-from stages.extract import extract
-
-from media import make_video, run_ffmpeg
+from mvbind.pipeline.media.ffmpeg import ffmpeg_exe
+from mvbind.stages.extract import extract
+from tests.media import make_video, run_ffmpeg
 
 DA, DV = len(AUDIO_FEATURE_NAMES), len(VIDEO_FEATURE_NAMES)
 

@@ -14,16 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from cache import FeatureCache, Row
-from pipeline.config import load_config
-from pipeline.pairs import select_namespace
-from pipeline.planted import write_planted
-from stages import evaluate as evaluate_stage
-from stages import train as train_stage
+from mvbind.cache import FeatureCache, Row
+from mvbind.cli import main as cli_main
+from mvbind.pipeline.binding.pairs import select_namespace
+from mvbind.pipeline.binding.training import lr_at
+from mvbind.pipeline.config.loader import load_config
+from mvbind.stages.evaluate import evaluate
+from tests.planted import write_planted
 
 SMALL_MODEL = ["train.hidden_dim=128", "train.embed_dim=32", "train.batch_size=128", "train.threads=1",
                "train.patience=4", "eval.chunk_mb=16"]
-BLOCKED = ("pipeline.imagebind", "pipeline.weights", "pipeline.encoders")
+BLOCKED = ("mvbind.pipeline.encoders", "mvbind.pipeline.encoders.base", "mvbind.pipeline.encoders.imagebind.model",
+           "mvbind.pipeline.encoders.imagebind.weights")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,7 @@ def planted(home):
 
 @pytest.fixture(scope="module")
 def trained(home, planted):
-    code = train_stage.main(["--cache", planted.fingerprint[:10], "--name", "planted", "--quiet", "--epochs", "12",
+    code = cli_main(["train", "--cache", planted.fingerprint[:10], "--name", "planted", "--quiet", "--epochs", "12",
                              *options(home)])
     assert code == 0
     return home / "runs" / "planted"
@@ -91,7 +93,7 @@ def test_train_writes_a_complete_run_dir(trained, planted):
 
 
 def test_trained_projector_beats_chance_and_raw_cosine_on_test(trained, home, capsys):
-    code = evaluate_stage.main(["planted", "--name", "planted-eval", *options(home)])
+    code = cli_main(["eval", "planted", "--name", "planted-eval", *options(home)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| planted | video→music |" in printed and "| zero-shot planted cosine |" in printed
@@ -116,7 +118,7 @@ def test_namespace_falls_back_to_the_only_one_without_encoder(home, planted):
 
 
 def test_baselines_need_no_run(home, planted):
-    out, metrics = evaluate_stage.evaluate(config(home), [], cache=planted.fingerprint[:8], name="baselines")
+    out, metrics = evaluate(config(home), [], cache=planted.fingerprint[:8], name="baselines")
     kinds = [r["kind"] for r in metrics["rows"]]
     assert kinds == ["chance", "zero_shot"] and metrics["rows"][0]["gallery"] > 100
     assert (out / "recall_at_k.png").exists()
@@ -130,8 +132,8 @@ def test_same_command_gives_same_numbers(home):
     ns = small_cache(home, "cache-small")
     args = ["--cache", ns.fingerprint[:8], "--quiet", "--epochs", "2",
             *options(home, "cache-small", "train.batch_size=64", "train.pooling=attention")]
-    assert train_stage.main(["--name", "det-a", *args]) == 0
-    assert train_stage.main(["--name", "det-b", *args]) == 0
+    assert cli_main(["train", "--name", "det-a", *args]) == 0
+    assert cli_main(["train", "--name", "det-b", *args]) == 0
 
     def numbers(run):
         lines = [json.loads(x) for x in (home / "runs" / run / "metrics.jsonl").read_text().splitlines()]
@@ -142,7 +144,7 @@ def test_same_command_gives_same_numbers(home):
     b = torch.load(home / "runs" / "det-b" / "best.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "video_pool.query" in a  # attention pooling was trained
-    _, metrics = evaluate_stage.evaluate(config(home, "cache-small"), ["det-a"], name="det-eval", baselines=False)
+    _, metrics = evaluate(config(home, "cache-small"), ["det-a"], name="det-eval", baselines=False)
     assert metrics["rows"][0]["video_to_music"]["R@50"] > 0
 
 
@@ -150,27 +152,27 @@ def test_existing_run_dir_is_refused_unless_overwrite(home, capsys):
     ns = small_cache(home, "cache-small")
     args = ["--cache", ns.fingerprint[:8], "--quiet", "--epochs", "1", *options(home, "cache-small",
                                                                                   "train.batch_size=64")]
-    assert train_stage.main(["--name", "again", *args]) == 0
+    assert cli_main(["train", "--name", "again", *args]) == 0
     marker = home / "runs" / "again" / "note.txt"
     marker.write_text("mine")
     capsys.readouterr()
-    assert train_stage.main(["--name", "again", *args]) == 2
+    assert cli_main(["train", "--name", "again", *args]) == 2
     err = capsys.readouterr().err
     assert "again already exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert marker.exists()  # nothing deleted
-    assert train_stage.main(["--name", "again", "--overwrite", *args]) == 0
+    assert cli_main(["train", "--name", "again", "--overwrite", *args]) == 0
     assert "removing the existing directory" in capsys.readouterr().err and not marker.exists()
     stranger = home / "runs" / "not-a-run"
     stranger.mkdir(parents=True)
     (stranger / "thesis.tex").write_text("precious")
-    assert train_stage.main(["--name", "not-a-run", "--overwrite", *args]) == 2
+    assert cli_main(["train", "--name", "not-a-run", "--overwrite", *args]) == 2
     assert "refusing to delete" in capsys.readouterr().err and (stranger / "thesis.tex").exists()
 
 
 def test_checkpoint_from_another_cache_or_shape_is_refused(home, trained, capsys):
     other = small_cache(home, "cache")  # a second namespace in the planted run's cache dir
     try:
-        code = evaluate_stage.main(["planted", "--cache", other.fingerprint[:8], "--name", "wrong", *options(home)])
+        code = cli_main(["eval", "planted", "--cache", other.fingerprint[:8], "--name", "wrong", *options(home)])
         err = capsys.readouterr().err
         assert code == 2 and "trained on cache" in err and len(err.strip().splitlines()) == 1
         clone = home / "runs" / "planted-clone"
@@ -178,7 +180,7 @@ def test_checkpoint_from_another_cache_or_shape_is_refused(home, trained, capsys
         spec = json.loads((clone / "model.json").read_text())
         spec["embed_dim"] = 16
         (clone / "model.json").write_text(json.dumps(spec))
-        code = evaluate_stage.main(["planted-clone", "--name", "clone", *options(home)])
+        code = cli_main(["eval", "planted-clone", "--name", "clone", *options(home)])
         err = capsys.readouterr().err
         assert code == 2 and "projector shape differs" in err and "embed_dim 32 (expected 16)" in err
     finally:
@@ -206,7 +208,7 @@ def test_bad_input_is_one_line(home, case, capsys):
         prefix = ns.fingerprint[:8]
     elif case == "range":
         extra = ["train.lr=-1"]
-    code = train_stage.main(["--cache", prefix, "--quiet", "--name", f"bad-{case}", *options(home, cache, *extra)])
+    code = cli_main(["train", "--cache", prefix, "--quiet", "--name", f"bad-{case}", *options(home, cache, *extra)])
     lines = capsys.readouterr().err.strip().splitlines()  # notices first, then the one-line error
     err = lines[-1]
     assert code == 2 and err.startswith("error: ") and sum(x.startswith("error") for x in lines) == 1
@@ -225,14 +227,14 @@ def test_bad_input_is_one_line(home, case, capsys):
 
 
 def test_lr_warmup_then_cosine():
-    lr = [train_stage.lr_at(i, base=1.0, floor=0.1, warmup=4, total=20) for i in range(21)]
+    lr = [lr_at(i, base=1.0, floor=0.1, warmup=4, total=20) for i in range(21)]
     assert lr[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lr[4] == pytest.approx(1.0) and lr[12] == pytest.approx(0.55) and lr[20] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(lr[4:], lr[5:]))
 
 
 def test_unreadable_checkpoint_is_refused(tmp_path):
-    from pipeline.checkpoint import CheckpointError, load_checkpoint
+    from mvbind.pipeline.binding.checkpoint import CheckpointError, load_checkpoint
 
     bad = tmp_path / "best.pt"
     bad.write_bytes(b"not a checkpoint")

@@ -1,4 +1,4 @@
-"""pipeline.video: parity with ImageBind's reference output, formats, selective decoding, failures."""
+"""ImageBind vision inputs (mvbind.pipeline.encoders.imagebind.vision): parity with ImageBind's reference output, formats, selective decoding, failures."""
 
 from __future__ import annotations
 
@@ -13,11 +13,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from media import FIXTURES, make_video
-from pipeline.errors import MediaError, NoStreamError
-from pipeline.ffmpeg import ffmpeg_exe
-from pipeline.sampler import clip_spans
-from pipeline.video import VideoSettings, _Decoder, _resize, clip_plan, read_frames, video_inputs
+from mvbind.errors import MediaError, NoStreamError
+from mvbind.pipeline.encoders.imagebind.vision import (
+    VideoSettings,
+    _Decoder,
+    _resize,
+    clip_plan,
+    read_frames,
+    video_inputs,
+)
+from mvbind.pipeline.media.ffmpeg import ffmpeg_exe
+from mvbind.pipeline.media.sampler import clip_spans
+from tests.media import FIXTURES, make_video
 
 CLIP = FIXTURES / "preprocess" / "clip.mp4"
 EXPECTED = FIXTURES / "preprocess" / "clip_expected.npz"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.errors import MvbindError
-from pipeline.imagebind import build_imagebind
-from pipeline.weights import (
+from mvbind.errors import MvbindError
+from mvbind.pipeline.encoders.imagebind.model import build_imagebind
+from mvbind.pipeline.encoders.imagebind.weights import (
     WEIGHTS_FILENAME,
     default_weights_path,
     file_digest,

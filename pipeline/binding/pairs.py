@@ -17,9 +17,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cache import CacheError, FeatureCache, Features, Namespace
-from pipeline.errors import MvbindError
-from pipeline.pooling import mean_pool
+from mvbind.cache import CacheError, FeatureCache, Features, Namespace
+from mvbind.errors import MvbindError
+from mvbind.pipeline.binding.pooling import mean_pool
 
 
 class PairsError(MvbindError):
@@ -70,7 +70,7 @@ def select_namespace(cache_dir: Path, prefix: str = "", config=None,
     reason = "no config given"
     if config is not None:
         try:
-            from pipeline.encoders import extractor_settings
+            from mvbind.pipeline.encoders.base import extractor_settings
         except ImportError as err:
             reason = f"extractor settings unavailable ({err})"
         else:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cache import fingerprint
-from pipeline.config import Config
-from pipeline.errors import MvbindError
+from mvbind.cache import fingerprint
+from mvbind.errors import MvbindError
+from mvbind.pipeline.config.loader import Config
 
 WINDOW_VERSION = 1  # bump when the window layout or per-window computation changes
 
@@ -65,7 +65,7 @@ def window_settings(config: Config, layout: WindowLayout | None = None, *, downl
     is compatible with runs trained on that namespace. Stored shapes: audio (1, dim) holds the
     mean of a track's windows; video is absent (mask false).
     """
-    from pipeline.encoders import extractor_settings
+    from mvbind.pipeline.encoders.base import extractor_settings
 
     layout = layout or WindowLayout.from_config(config)
     base = extractor_settings(config, download=download, progress=progress)
@@ -76,9 +76,9 @@ def window_settings(config: Config, layout: WindowLayout | None = None, *, downl
 def imagebind_windows(waveform: torch.Tensor, sample_rate: int, settings, layout: WindowLayout
                       ) -> tuple[torch.Tensor, np.ndarray, float]:
     """ImageBind audio inputs of each window: ((windows, 1, mel, frames), starts, duration)."""
-    from pipeline.audio import waveform_inputs
-    from pipeline.errors import MediaError
-    from pipeline.resample import resample_span, resampled_length
+    from mvbind.errors import MediaError
+    from mvbind.pipeline.encoders.imagebind.audio import waveform_inputs
+    from mvbind.pipeline.encoders.imagebind.resample import resample_span, resampled_length
 
     if waveform.dim() != 2 or waveform.shape[1] == 0:
         raise MediaError("audio stream is empty")
@@ -107,7 +107,7 @@ class WindowPreparer:
 
     def warm_up(self) -> None:
         if self.encoder == "signal":
-            from pipeline.signal import warm_up
+            from mvbind.pipeline.encoders.signal.features import warm_up
 
             warm_up(self.signal_settings)
 
@@ -124,11 +124,11 @@ class WindowPreparer:
                 torch.set_num_threads(threads)
 
     def _prepare(self, path: str):
-        from pipeline.encoders import Prepared
+        from mvbind.pipeline.encoders.base import Prepared
 
         try:
             if self.encoder == "signal":
-                from pipeline.signal import decode_mono, window_features
+                from mvbind.pipeline.encoders.signal.features import decode_mono, window_features
 
                 mono = decode_mono(path, self.signal_settings)
                 duration = len(mono) / self.signal_settings.sample_rate
@@ -136,7 +136,7 @@ class WindowPreparer:
                 feats = window_features(mono, self.signal_settings, starts=starts, clip_duration=self.layout.length)
                 audio = torch.from_numpy(feats.features)
             else:
-                from pipeline.audio import decode_audio
+                from mvbind.pipeline.encoders.imagebind.audio import decode_audio
 
                 waveform, rate = decode_audio(path)
                 audio, starts, duration = imagebind_windows(waveform, rate, self.audio_settings, self.layout)
@@ -148,7 +148,7 @@ class WindowPreparer:
 
 def make_window_preparer(config: Config, layout: WindowLayout | None = None) -> WindowPreparer:
     if config.encoder.name == "signal":
-        from pipeline.signal import check_settings
+        from mvbind.pipeline.encoders.signal.features import check_settings
 
         check_settings(config.signal)
     return WindowPreparer(config, layout or WindowLayout.from_config(config))

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm import tqdm
 
-from pipeline.errors import MvbindError
+from mvbind.errors import MvbindError
 
 if TYPE_CHECKING:
-    from pipeline.imagebind import ImageBindAV
+    from mvbind.pipeline.encoders.imagebind.model import ImageBindAV
 
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
 WEIGHTS_FILENAME = "imagebind_huge.pth"

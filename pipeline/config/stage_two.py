@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pipeline.errors import ConfigError
+from mvbind.errors import ConfigError
 
 POOLINGS = ("mean", "attention")
 PROJECTORS = ("linear", "mlp")

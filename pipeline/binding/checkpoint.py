@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import MvbindError
-from pipeline.projector import BindingModel, ProjectorSpec
+from mvbind.errors import MvbindError
+from mvbind.pipeline.binding.projector import BindingModel, ProjectorSpec
 
 FORMAT = "mvbind-binding-projector"
 VERSION = 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pipeline.errors import ConfigError
+from mvbind.errors import ConfigError
 
 INDEX_KINDS = ("auto", "exact", "faiss")
 SEARCH_KINDS = ("auto", "exact", "faiss")

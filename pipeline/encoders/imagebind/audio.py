@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.errors import MediaError, NoStreamError
-from pipeline.fbank import melspec
-from pipeline.resample import resample_span, resampled_length
-from pipeline.sampler import clip_spans
+from mvbind.errors import MediaError, NoStreamError
+from mvbind.pipeline.encoders.imagebind.fbank import melspec
+from mvbind.pipeline.encoders.imagebind.resample import resample_span, resampled_length
+from mvbind.pipeline.media.sampler import clip_spans
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ConfigError, MediaError, MvbindError, NoStreamError
-from pipeline.sampler import clip_spans
+from mvbind.errors import ConfigError, MediaError, MvbindError, NoStreamError
+from mvbind.pipeline.media.sampler import clip_spans
 
 FEATURE_VERSION = 1  # bump when any computation below changes the values
 
@@ -201,7 +201,7 @@ def decode_mono(path: str | os.PathLike[str], settings: SignalSettings = SignalS
     """The mono mixdown of `path`'s audio at ``settings.sample_rate`` (float32), as the features see it."""
     import librosa
 
-    from pipeline.audio import decode_audio
+    from mvbind.pipeline.encoders.imagebind.audio import decode_audio
 
     waveform, rate = decode_audio(path)
     channels = waveform.numpy()
@@ -726,7 +726,7 @@ def _reason(err: BaseException) -> str:
 
 def signal_settings(config, *, download: bool = False, progress: bool = True) -> dict:
     """The cache-namespace settings of the signal encoder (everything that changes a feature)."""
-    from pipeline.encoders import SCHEMA
+    from mvbind.pipeline.encoders.base import SCHEMA
 
     s = config.signal
     check_settings(s)
@@ -753,7 +753,7 @@ def warm_up(settings: SignalSettings) -> None:
     import librosa.feature  # noqa: F401
     import librosa.onset  # noqa: F401
 
-    import pipeline.audio  # noqa: F401
+    import mvbind.pipeline.encoders.imagebind.audio  # noqa: F401
 
     clicks = np.zeros(int(settings.sample_rate * max(2.0, settings.min_tempo_window + 0.5)), np.float32)
     clicks[:: settings.sample_rate // 2] = 1.0
@@ -774,7 +774,7 @@ class SignalPreparer:
     def __call__(self, path: str):
         import torch
 
-        from pipeline.encoders import Prepared
+        from mvbind.pipeline.encoders.base import Prepared
 
         audio = video = None
         audio_reason = video_reason = ""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import MvbindError
+from mvbind.errors import MvbindError
 
 SPLITS = ("train", "val", "test")
 ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",

@@ -51,8 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import MvbindError
-from pipeline.ffmpeg import ffmpeg_exe
+from mvbind.errors import MvbindError
+from mvbind.pipeline.media.ffmpeg import ffmpeg_exe
 
 SAMPLE_RATE = 22050
 FPS = 15

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.pooling import make_pool
+from mvbind.pipeline.binding.pooling import make_pool
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from pipeline.ffmpeg import ffmpeg_exe
+from mvbind.pipeline.media.ffmpeg import ffmpeg_exe
 
 
 def run_ffmpeg(*args: str, timeout: float = 600.0) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import Config, expand_path, mvbind_home
-from pipeline.errors import MvbindError, NoStreamError
+from mvbind.errors import MvbindError, NoStreamError
+from mvbind.pipeline.config.loader import Config, expand_path, mvbind_home
 
 SCHEMA = 1  # bump when the meaning of stored embeddings changes
 
@@ -70,15 +70,15 @@ def backend(config: Config):
     if name == "imagebind":
         return ImageBindBackend
     if name == "signal":
-        from pipeline.signal import SignalBackend
+        from mvbind.pipeline.encoders.signal.features import SignalBackend
 
         return SignalBackend
     raise MvbindError(f"setting encoder.name: unknown encoder {name!r}")
 
 
 def imagebind_settings(config: Config, *, download: bool = False, progress: bool = True) -> dict:
-    from pipeline.imagebind import imagebind_config
-    from pipeline.weights import file_digest, resolve_weights
+    from mvbind.pipeline.encoders.imagebind.model import imagebind_config
+    from mvbind.pipeline.encoders.imagebind.weights import file_digest, resolve_weights
 
     enc = config.encoder
     path = weights_setting(config)
@@ -109,8 +109,8 @@ class ImageBindPreparer:
         self.decode_threads = 1 if config.extract.workers > 0 else 0
 
     def __call__(self, path: str) -> Prepared:
-        from pipeline.audio import audio_inputs
-        from pipeline.video import video_inputs
+        from mvbind.pipeline.encoders.imagebind.audio import audio_inputs
+        from mvbind.pipeline.encoders.imagebind.vision import video_inputs
 
         audio = video = None
         audio_reason = video_reason = ""
@@ -153,8 +153,8 @@ class ImageBindEmbedder:
     """Frozen ImageBind audio + vision encoders: per-clip embeddings, postprocessing kept."""
 
     def __init__(self, config: Config, *, progress: bool = True):
-        from pipeline.imagebind import build_imagebind
-        from pipeline.weights import load_weights, resolve_weights
+        from mvbind.pipeline.encoders.imagebind.model import build_imagebind
+        from mvbind.pipeline.encoders.imagebind.weights import load_weights, resolve_weights
 
         enc = config.encoder
         self.device = pick_device(enc.device)

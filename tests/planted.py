@@ -14,7 +14,7 @@ import hashlib
 
 import numpy as np
 
-from cache import FeatureCache, Namespace, Row
+from mvbind.cache import FeatureCache, Namespace, Row
 
 
 def _map(rng: np.random.Generator, latent: int, dim: int, hidden: int = 256):

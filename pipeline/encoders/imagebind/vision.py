@@ -33,9 +33,9 @@ import av
 import numpy as np
 import torch
 
-from pipeline.borders import Box, crop, detect_content_box
-from pipeline.errors import MediaError, NoStreamError
-from pipeline.sampler import clip_spans
+from mvbind.errors import MediaError, NoStreamError
+from mvbind.pipeline.media.borders import Box, crop, detect_content_box
+from mvbind.pipeline.media.sampler import clip_spans
 
 # Decoders known to honour AVCodecContext.skip_frame per packet (verified against full decoding).
 _SKIP_NONREF_CODECS = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4", "vp8", "vp9"})

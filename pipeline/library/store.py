@@ -30,7 +30,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.errors import MvbindError
+from mvbind.errors import MvbindError
 
 FORMAT = "mvbind-library"
 VERSION = 1

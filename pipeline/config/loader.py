@@ -8,6 +8,7 @@ say what would be valid.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 import tomllib
 import types
@@ -16,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
+from mvbind.errors import ConfigError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "pipeline.toml"
+# The shipped defaults: mvbind/pipeline.toml (package data; in a checkout, the top-level pipeline.toml).
+DEFAULT_CONFIG = Path(str(importlib.resources.files("mvbind") / "pipeline.toml"))
 ENCODERS = ("imagebind", "signal")
 ARCHS = ("huge", "small", "tiny")  # pipeline.imagebind presets; only huge has pretrained weights
 
@@ -93,11 +95,11 @@ class Config:
 
 
 def _section_types() -> dict[str, type]:
-    from pipeline.audio import AudioSettings
-    from pipeline.library_config import LibraryConfig, RecommendConfig
-    from pipeline.signal import SignalSettings
-    from pipeline.train_config import EvalConfig, TrainConfig
-    from pipeline.video import VideoSettings
+    from mvbind.pipeline.config.library import LibraryConfig, RecommendConfig
+    from mvbind.pipeline.config.stage_two import EvalConfig, TrainConfig
+    from mvbind.pipeline.encoders.imagebind.audio import AudioSettings
+    from mvbind.pipeline.encoders.imagebind.vision import VideoSettings
+    from mvbind.pipeline.encoders.signal.features import SignalSettings
 
     return {
         "paths": PathsConfig,
@@ -214,8 +216,8 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 def validate(config: Config) -> None:
     """Range and choice checks; each error names the key and what would be valid."""
-    from pipeline.library_config import validate_library
-    from pipeline.train_config import validate_stage_two
+    from mvbind.pipeline.config.library import validate_library
+    from mvbind.pipeline.config.stage_two import validate_stage_two
 
     validate_stage_two(config)
     validate_library(config)

@@ -1,0 +1,7 @@
+"""`python -m mvbind …`: the command line."""
+
+import sys
+
+from mvbind.cli import main
+
+sys.exit(main())

@@ -1,0 +1,103 @@
+"""The training loop's parts: groups and splits from settings, batched encoding, schedule, one epoch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mvbind.pipeline.binding.groups import MusicGroups, find_groups
+from mvbind.pipeline.binding.loss import BindingLoss
+from mvbind.pipeline.binding.metrics import summarize
+from mvbind.pipeline.binding.pairs import PairSet
+from mvbind.pipeline.binding.projector import BindingModel
+from mvbind.pipeline.binding.splits import Split, assign_splits
+from mvbind.pipeline.config.loader import Config
+
+
+# -- shared with evaluation ---------------------------------------------------------------
+def music_groups(pairs: PairSet, config: Config) -> MusicGroups:
+    t = config.train
+    return find_groups(pairs.music_ids, pairs.audio if t.audio_dup_groups else None,
+                       use_music_id=t.music_id_groups, audio_threshold=t.audio_dup_threshold,
+                       chunk_mb=config.eval.chunk_mb)
+
+def make_split(pairs: PairSet, groups: MusicGroups, config: Config) -> Split:
+    t = config.train
+    return assign_splits(pairs.keys, pairs.manifest_splits, groups.labels, val_fraction=t.val_fraction,
+                         test_fraction=t.test_fraction, salt=t.split_salt, origins=pairs.shard_of)
+
+def skipped_note(pairs: PairSet) -> str | None:
+    parts = [f"{v} without {k[3:]}" for k, v in pairs.skipped.items() if v]
+    return f"skipped {', '.join(parts)} (no pair to learn from)" if parts else None
+
+def encode(model: BindingModel, video, audio, *, batch: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embed row-aligned inputs with the model in eval mode, in batches."""
+    model.eval()
+    vs, as_ = [], []
+    with torch.no_grad():
+        for s in range(0, len(video), batch):
+            vs.append(model.encode_video(torch.as_tensor(video[s:s + batch])))
+            as_.append(model.encode_audio(torch.as_tensor(audio[s:s + batch])))
+    return torch.cat(vs), torch.cat(as_)
+
+def val_summary(v2m: np.ndarray, m2v: np.ndarray, ks) -> dict:
+    return {"video_to_music": summarize(v2m, ks), "music_to_video": summarize(m2v, ks)}
+
+def relabel(labels: np.ndarray) -> np.ndarray:
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+
+# -- training ----------------------------------------------------------------------------
+@dataclass
+class _Data:
+    video: torch.Tensor  # (n, dv) pooled float32, or (n, cv, dv) float16 clips for attention pooling
+    audio: torch.Tensor
+    groups: torch.Tensor  # (n,) int64
+
+def _inputs(pairs: PairSet, idx: np.ndarray, pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if pooling == "attention":
+        return torch.from_numpy(pairs.video_clips[idx]), torch.from_numpy(pairs.audio_clips[idx])
+    return (torch.from_numpy(np.ascontiguousarray(pairs.video[idx])),
+            torch.from_numpy(np.ascontiguousarray(pairs.audio[idx])))
+
+def lr_at(step: int, *, base: float, floor: float, warmup: int, total: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay from `base` to `floor` at `total`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * progress))
+
+def train_epoch(model: BindingModel, opt: torch.optim.Optimizer, loss_fn: BindingLoss, video: torch.Tensor,
+                audio: torch.Tensor, groups: torch.Tensor, *, batch_size: int, generator: torch.Generator,
+                lr_of_step: Callable[[int], float], first_step: int = 0, max_logit_scale: float = 100.0,
+                bar: tqdm | None = None) -> tuple[float, float]:
+    """One pass over the pairs in a seeded random order, full batches only (the rest is dropped).
+    Returns (summed loss, last learning rate)."""
+    model.train()
+    n = len(video)
+    steps = n // batch_size
+    order = torch.randperm(n, generator=generator).to(video.device)
+    loss_sum = torch.zeros((), device=video.device)
+    lr = lr_of_step(first_step)
+    for s in range(steps):
+        idx = order[s * batch_size:(s + 1) * batch_size]
+        lr = lr_of_step(first_step + s)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        v_emb = model.encode_video(video.index_select(0, idx))
+        a_emb = model.encode_audio(audio.index_select(0, idx))
+        loss = loss_fn(v_emb, a_emb, model.logit_scale.exp(), groups.index_select(0, idx))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        model.clamp_logit_scale(max_logit_scale)
+        loss_sum += loss.detach()
+        if bar is not None:
+            bar.update(1)
+            if s % 8 == 0 or s == steps - 1:
+                bar.set_postfix_str(f"loss {loss.item():.4f}", refresh=False)
+    return float(loss_sum), lr

@@ -1,0 +1,31 @@
+"""Where a library file lives: a plain name inside library.dir, or an explicit path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mvbind.pipeline.config.loader import Config, expand_path
+from mvbind.pipeline.library.store import SUFFIX, LibraryError
+
+
+def library_path(config: Config, out: str | Path | None, name: str | None, source: str | Path) -> Path:
+    if out:
+        return Path(out)
+    base = expand_path(config.library.dir)
+    src = Path(source)
+    stem = src.name if src.is_dir() else src.stem
+    if not src.is_dir() and stem.lower() == "manifest":  # library/manifest.csv -> "library"
+        stem = src.resolve().parent.name
+    return base / f"{name or stem or 'library'}{SUFFIX}"
+
+def resolve_library(config: Config, value: str | Path) -> Path:
+    """A library file path, or a name in library.dir."""
+    path = Path(value)
+    if path.exists():
+        return path
+    base = expand_path(config.library.dir)
+    for candidate in (base / f"{value}{SUFFIX}", base / str(value)):
+        if candidate.exists():
+            return candidate
+    raise LibraryError(f"library {str(value)!r} not found (no file {path}, none named {value}{SUFFIX} in {base}); "
+                       "build it with `cli.py index MUSIC_FOLDER --name NAME`")

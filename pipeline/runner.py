@@ -1,0 +1,294 @@
+"""Stage one: decode media, run the frozen encoders once, commit per-clip embeddings to the cache.
+
+Worker processes (a torch DataLoader) hash and decode files and build the encoder inputs
+while the main process runs the model and commits shards, so decoding overlaps inference.
+Resume is by content key: items already committed in the namespace are never decoded again.
+
+The same runner fills a music library's track namespace (`windows=WindowLayout`, used by
+`cli.py index`): each track's audio is taken in windows along it (pipeline.windows) and the
+shard stores them as ragged per-item windows.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mvbind.cache import FeatureCache, Namespace, Row, content_key, partition_of
+from mvbind.pipeline.config.loader import Config
+from mvbind.pipeline.encoders.base import Prepared, extractor_settings, make_embedder, make_preparer, pick_device
+from mvbind.pipeline.library.windows import WindowLayout, make_window_preparer, window_settings
+from mvbind.pipeline.media.inputs import VIDEO_EXTENSIONS, InputItem, list_inputs
+
+# Outcomes of the worker step.
+OK, CACHED, ELSEWHERE, FAILED = "ok", "cached", "other partition", "failed"
+
+
+@dataclass
+class Work:
+    """What a worker hands back for one input."""
+
+    index: int
+    status: str
+    key: str = ""
+    reason: str = ""
+    prepared: Prepared | None = None
+    decode_seconds: float = 0.0
+
+
+class PrepareDataset(Dataset):
+    """Map-style dataset over input items: hash, check the cache, decode, prepare (in workers)."""
+
+    def __init__(self, items: list[InputItem], preparer, committed: frozenset[str],
+                 num_partitions: int, partition: int, require: tuple[str, ...]):
+        self.items = items
+        self.preparer = preparer
+        self.committed = committed
+        self.num_partitions = num_partitions
+        self.partition = partition
+        self.require = require
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Work:
+        path = self.items[index].path
+        t0 = time.perf_counter()
+        try:
+            key = content_key(path)
+        except FileNotFoundError:
+            return Work(index, FAILED, reason="file not found (moved or deleted before it was read)")
+        except IsADirectoryError:
+            return Work(index, FAILED, reason="is a directory, not a media file")
+        except OSError as err:
+            return Work(index, FAILED, reason=f"unreadable ({err.strerror or err})")
+        if partition_of(key, self.num_partitions) != self.partition:
+            return Work(index, ELSEWHERE, key=key)
+        if key in self.committed:
+            return Work(index, CACHED, key=key)
+        try:
+            prepared = self.preparer(path)
+        except Exception as err:  # noqa: BLE001 - one bad file must never stop the run
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            return Work(index, FAILED, key=key, reason=f"{type(err).__name__}: {reason}")
+        missing = [m for m in self.require if getattr(prepared, m) is None]
+        if missing:
+            why = getattr(prepared, f"{missing[0]}_reason") or f"no {missing[0]}"
+            return Work(index, FAILED, key=key, reason=why)
+        if prepared.audio is None and prepared.video is None:
+            return Work(index, FAILED, key=key, reason=prepared.video_reason or prepared.audio_reason)
+        return Work(index, OK, key=key, prepared=prepared, decode_seconds=time.perf_counter() - t0)
+
+
+@dataclass
+class ExtractSummary:
+    namespace: str
+    cache_dir: str
+    inputs: int = 0
+    extracted: int = 0
+    reused: int = 0  # already in the cache (same content key)
+    duplicates: int = 0  # same content as another input of this run
+    other_partition: int = 0
+    skipped_failed: int = 0  # failed in an earlier run; retry with --retry-failed
+    without_audio: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    decode_seconds: float = 0.0  # summed over workers
+    infer_seconds: float = 0.0
+    write_seconds: float = 0.0
+    unit: str = "video"  # what an item is, for the summary ("track" for a music library)
+    item_keys: dict[str, str] = field(default_factory=dict)  # input path -> content key, where it was read
+
+    @property
+    def videos_per_second(self) -> float:
+        return self.extracted / self.seconds if self.seconds else 0.0
+
+    def lines(self) -> list[str]:
+        out = [
+            f"namespace {self.namespace[:16]} in {self.cache_dir}",
+            f"inputs {self.inputs}: extracted {self.extracted}, reused from cache {self.reused}, "
+            f"duplicate content {self.duplicates}, failed {len(self.failed)}"
+            + (f", other partitions {self.other_partition}" if self.other_partition else "")
+            + (f", skipped earlier failures {self.skipped_failed} (--retry-failed)" if self.skipped_failed else ""),
+            f"time {self.seconds:.1f}s ({self.videos_per_second:.2f} {self.unit}s/s); "
+            f"decode {self.decode_seconds:.1f}s "
+            f"(worker total), infer {self.infer_seconds:.1f}s, write {self.write_seconds:.1f}s; "
+            f"{len(self.shards)} shard(s) committed",
+        ]
+        if self.without_audio:
+            out.append(f"{self.without_audio} item(s) have no audio: video embeddings stored, audio marked missing")
+        if self.failed:
+            counts = collections.Counter(reason for _, reason in self.failed)
+            out.append("failures by reason: " + "; ".join(f"{n}× {r}" for r, n in counts.most_common(5)))
+            for path, reason in self.failed[:10]:
+                out.append(f"  failed: {os.fsencode(path).decode('utf-8', 'backslashreplace')}: {reason}")
+            if len(self.failed) > 10:
+                out.append(f"  … {len(self.failed) - 10} more in the namespace's failures.jsonl")
+        return out
+
+
+class ShardBuffer:
+    """Rows waiting to be committed; commits every `size` rows or `seconds` seconds."""
+
+    def __init__(self, ns: Namespace, config: Config, summary: ExtractSummary):
+        self.ns, self.summary = ns, summary
+        self.size, self.seconds = config.extract.shard_size, config.extract.shard_seconds
+        self.partition, self.num_partitions = config.extract.shard_index, config.extract.num_shards
+        self.rows: list[Row] = []
+        self.last_commit = time.monotonic()
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.size or time.monotonic() - self.last_commit >= self.seconds:
+            self.commit()
+
+    def commit(self) -> None:
+        if self.rows:
+            t0 = time.perf_counter()
+            path = self.ns.write_shard(self.rows, partition=self.partition, num_partitions=self.num_partitions)
+            self.summary.write_seconds += time.perf_counter() - t0
+            self.summary.shards.append(path.name)
+            self.rows = []
+        self.last_commit = time.monotonic()
+
+
+def run_extraction(
+    config: Config,
+    source: str | Path | list[InputItem],
+    *,
+    require: tuple[str, ...] = ("video",),
+    extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
+    progress: bool = True,
+    windows: WindowLayout | None = None,
+    lazy_model: bool = False,
+) -> ExtractSummary:
+    """Extract every input into the namespace of `config`'s extractor settings; returns the summary.
+
+    With `windows`, the inputs are music tracks: their audio is embedded window by window into the
+    track namespace of those settings + that layout (pass ``require=("audio",)``).
+    `lazy_model` loads the encoder only once an item needs embedding (recommend: a cached video
+    costs a hash, not a model load).
+    """
+    t_start = time.perf_counter()
+    items = list(source) if isinstance(source, list) else list_inputs(source, extensions)
+    if windows is None:
+        settings = extractor_settings(config, download=True, progress=progress)
+    else:
+        settings = window_settings(config, windows, download=True, progress=progress)
+    ns = FeatureCache(config.cache_dir).create(settings)
+    ext = config.extract
+    summary = ExtractSummary(namespace=ns.fingerprint, cache_dir=str(config.cache_dir), inputs=len(items),
+                             unit="video" if windows is None else "track")
+    with ns.lock(ext.shard_index, ext.num_shards):
+        ns.clean_temp_files(partition=ext.shard_index, num_partitions=ext.num_shards)
+        committed = frozenset(ns.committed_keys())
+        earlier_failures = {f.path for f in ns.failures()}
+        if not ext.retry_failed:
+            todo = [it for it in items if it.path not in earlier_failures]
+            summary.skipped_failed = len(items) - len(todo)
+        else:
+            todo = items
+        if not todo:
+            summary.seconds = time.perf_counter() - t_start
+            return summary
+        preparer = make_preparer(config) if windows is None else make_window_preparer(config, windows)
+        dataset = PrepareDataset(todo, preparer, committed, ext.num_shards, ext.shard_index, require)
+        loader = DataLoader(
+            dataset,
+            batch_size=None,
+            shuffle=False,
+            num_workers=ext.workers,
+            prefetch_factor=ext.prefetch if ext.workers else None,
+            pin_memory=config.encoder.name == "imagebind" and pick_device(config.encoder.device).type == "cuda",
+            collate_fn=_identity,
+            in_order=False,  # a slow file must not hold up the ones behind it
+        )
+        # Libraries a preparer must not first initialise inside a forked worker are loaded here.
+        if hasattr(preparer, "warm_up"):
+            preparer.warm_up()
+        # Start the decoding workers before loading the model: they decode while the weights load,
+        # and they are forked before CUDA is initialised in this process.
+        stream = iter(loader)
+        embedder = _LazyEmbedder(config, progress) if lazy_model else make_embedder(config, progress=progress)
+        buffer = ShardBuffer(ns, config, summary)
+        seen: set[str] = set()
+        batch: list[Work] = []
+        bar = tqdm(total=len(todo), unit=summary.unit, desc="extract" if windows is None else "index",
+                   disable=not progress, dynamic_ncols=True)
+        for work in stream:
+            bar.update(1)
+            item = todo[work.index]
+            if work.key:
+                summary.item_keys[item.path] = work.key
+            if work.status == ELSEWHERE:
+                summary.other_partition += 1
+            elif work.status == CACHED:
+                summary.reused += 1
+            elif work.status == FAILED:
+                ns.record_failure(item.path, work.reason, work.key)
+                summary.failed.append((item.path, work.reason))
+            elif work.key in seen:
+                summary.duplicates += 1
+            else:
+                seen.add(work.key)
+                summary.decode_seconds += work.decode_seconds
+                batch.append(work)
+                if len(batch) >= config.encoder.batch_size:
+                    _embed_batch(embedder, batch, todo, buffer, summary, earlier_failures)
+                    batch = []
+            bar.set_postfix(ok=summary.extracted + len(batch), cached=summary.reused, failed=len(summary.failed),
+                            refresh=False)
+        if batch:
+            _embed_batch(embedder, batch, todo, buffer, summary, earlier_failures)
+        buffer.commit()
+        bar.close()
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _identity(x):
+    return x
+
+
+class _LazyEmbedder:
+    """make_embedder(config) on first use."""
+
+    def __init__(self, config: Config, progress: bool):
+        from mvbind.pipeline.encoders.base import pick_device
+
+        self.config, self.progress = config, progress
+        self.device = pick_device(config.encoder.device) if config.encoder.name == "imagebind" else torch.device("cpu")
+        self._embedder = None
+
+    def embed(self, items):
+        if self._embedder is None:
+            self._embedder = make_embedder(self.config, progress=self.progress)
+        return self._embedder.embed(items)
+
+
+def _embed_batch(embedder, batch: list[Work], todo: list[InputItem], buffer: ShardBuffer,
+                 summary: ExtractSummary, earlier_failures: set[str]) -> None:
+    t0 = time.perf_counter()
+    audio, video = embedder.embed([w.prepared for w in batch])
+    summary.infer_seconds += time.perf_counter() - t0
+    for work, a, v in zip(batch, audio, video):
+        item = todo[work.index]
+        if a is None:
+            summary.without_audio += 1
+        starts = work.prepared.audio_starts
+        wins = None
+        if starts is not None and a is not None:  # library windows: the row's audio is their mean
+            wins, a = a, a.mean(axis=0, keepdims=True)
+        buffer.add(Row(key=work.key, path=item.path, audio=a, video=v, duration=work.prepared.duration,
+                       id=item.id, music_id=item.music_id, split=item.split, windows=wins, window_starts=starts))
+        summary.extracted += 1
+        if item.path in earlier_failures:
+            buffer.ns.record_resolved(item.path, work.key)
