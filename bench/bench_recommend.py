@@ -119,7 +119,7 @@ def bench_search(sizes: list[int], dim: int, n_queries: int, k: int, target: flo
               flush=True)
         exact_all = exact_search(vectors, offsets, queries, k)
         reps = min(n_queries, 50 if n <= 100_000 else 12)
-        lat_exact = [timed(lambda q=q, v=vectors: exact_search(v, offsets, q[None], k), 1)[0]
+        lat_exact = [timed(lambda q=q, v=vectors, o=offsets: exact_search(v, o, q[None], k), 1)[0]
                      for q in queries[:reps]]
         print(f"  exact  one query: {ms(lat_exact)}", flush=True)
         t = time.perf_counter()
@@ -129,7 +129,7 @@ def bench_search(sizes: list[int], dim: int, n_queries: int, k: int, target: flo
               f"nprobe {info['nprobe']} (probe recall@10 {info['recall_at_10']:.3f})", flush=True)
         approx = faiss_search(index, window_track, queries, k)
         recall = track_recall(exact_all, approx)
-        lat_faiss = [timed(lambda q=q, ix=index: faiss_search(ix, window_track, q[None], k), 1)[0]
+        lat_faiss = [timed(lambda q=q, ix=index, wt=window_track: faiss_search(ix, wt, q[None], k), 1)[0]
                      for q in queries]
         print(f"  faiss  one query: {ms(lat_faiss)}; recall@{k} vs exact on {len(queries)} held-out queries "
               f"{recall:.3f}", flush=True)

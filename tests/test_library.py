@@ -11,23 +11,31 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from media import make_video, run_ffmpeg
 
 from cache import FeatureCache, Row
 from cache.shards import read_windows
-from pipeline.audio import AudioSettings, decode_audio, waveform_inputs
 from pipeline import synth
+from pipeline.audio import AudioSettings, decode_audio, waveform_inputs
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.imagebind import build_imagebind
-from pipeline.library import (LibraryError, build_faiss, exact_search, faiss_search, load_library, read_header,
-                              track_recall, write_library)
+from pipeline.library import (
+    LibraryError,
+    build_faiss,
+    exact_search,
+    faiss_search,
+    load_library,
+    read_header,
+    track_recall,
+    write_library,
+)
 from pipeline.pooling import mean_pool
 from pipeline.windows import WindowLayout, imagebind_windows, window_settings
 from stages.index import index
 
-from media import make_video, run_ffmpeg
-
 SR = 16000
+pytestmark = pytest.mark.usefixtures("one_thread")  # a tiny model: a second thread only adds hand-offs
 SETTINGS = {"encoder": {"name": "test"}, "shapes": {"audio": [1, 8], "video": [1, 8]}}
 
 
