@@ -7,8 +7,8 @@ sampled every 50 ms):
   model   8 short videos with the ViT-S-sized model: the model dominates; compared with the
           pure model-forward time of the same batches on already-prepared inputs.
 
-    .venv/bin/python bench/bench_extract.py                  # both scenarios
-    .venv/bin/python bench/bench_extract.py --scenario decode --videos 10
+    .venv/bin/python -m bench.bench_extract                  # both scenarios
+    .venv/bin/python -m bench.bench_extract --scenario decode --videos 10
 
 Figures are printed; nothing here is asserted.
 """
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
 
 
 # ------------------------------------------------------------------------------ media
@@ -157,7 +157,8 @@ def tree_rss(pid: int) -> int:
 
 
 def measure(args: list[str]) -> dict:
-    proc = subprocess.Popen([sys.executable, __file__, "_run", *args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_extract", "_run", *args], stdout=subprocess.PIPE,
+                            text=True, cwd=ROOT)
     peak = 0
     done = threading.Event()
 

@@ -1,7 +1,7 @@
 """Benchmark: recommend latency over music libraries, exact and FAISS, and library build throughput.
 
-    .venv/bin/python bench/bench_recommend.py                      # 10 000 and 1 000 000 windows
-    .venv/bin/python bench/bench_recommend.py --sizes 10000 --quick
+    .venv/bin/python -m bench.bench_recommend                      # 10 000 and 1 000 000 windows
+    .venv/bin/python -m bench.bench_recommend --sizes 10000 --quick
 
 1. Search: libraries of synthetic, clustered window vectors (dim 256 = train.embed_dim): genres
    -> tracks -> sections -> windows, each level a perturbation of the one above, L2-normalised,
@@ -26,18 +26,16 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from mvbind.pipeline.library.store import build_faiss, exact_search, faiss_search, track_recall
+from tests.synth import write_wav
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from mvbind.pipeline.library.store import build_faiss, exact_search, faiss_search, track_recall  # noqa: E402
-from tests.synth import write_wav  # noqa: E402
 
 
 def synthetic_library(n_windows: int, dim: int, seed: int = 0, structure: str = "clustered"
@@ -119,7 +117,7 @@ def bench_search(sizes: list[int], dim: int, n_queries: int, k: int, target: flo
               flush=True)
         exact_all = exact_search(vectors, offsets, queries, k)
         reps = min(n_queries, 50 if n <= 100_000 else 12)
-        lat_exact = [timed(lambda q=q, v=vectors: exact_search(v, offsets, q[None], k), 1)[0]
+        lat_exact = [timed(lambda q=q, v=vectors, o=offsets: exact_search(v, o, q[None], k), 1)[0]
                      for q in queries[:reps]]
         print(f"  exact  one query: {ms(lat_exact)}", flush=True)
         t = time.perf_counter()
@@ -129,7 +127,7 @@ def bench_search(sizes: list[int], dim: int, n_queries: int, k: int, target: flo
               f"nprobe {info['nprobe']} (probe recall@10 {info['recall_at_10']:.3f})", flush=True)
         approx = faiss_search(index, window_track, queries, k)
         recall = track_recall(exact_all, approx)
-        lat_faiss = [timed(lambda q=q, ix=index: faiss_search(ix, window_track, q[None], k), 1)[0]
+        lat_faiss = [timed(lambda q=q, ix=index, wt=window_track: faiss_search(ix, wt, q[None], k), 1)[0]
                      for q in queries]
         print(f"  faiss  one query: {ms(lat_faiss)}; recall@{k} vs exact on {len(queries)} held-out queries "
               f"{recall:.3f}", flush=True)

@@ -1,9 +1,9 @@
 """Stage-two benchmark: training epochs and evaluation on cached-size inputs, against their matmul floors.
 
-    python bench/bench_stage_two.py                 # 10k and 100k (100k epoch timed on 60 steps)
-    python bench/bench_stage_two.py --full          # time the whole 100k epoch
-    python bench/bench_stage_two.py --sizes 10000 --json out.json
-    python bench/bench_stage_two.py --sizes 100000 --eval-dims-large 256   # the 256-d 100k eval (minutes)
+    .venv/bin/python -m bench.bench_stage_two                 # 10k and 100k (100k epoch timed on 60 steps)
+    .venv/bin/python -m bench.bench_stage_two --full          # time the whole 100k epoch
+    .venv/bin/python -m bench.bench_stage_two --sizes 10000 --json out.json
+    .venv/bin/python -m bench.bench_stage_two --sizes 100000 --eval-dims-large 256   # the 256-d 100k eval (minutes)
 
 Reports, for the default projector (residual MLP 1024 -> 1024 -> 256, batch 256, mean pooling):
   - seconds per training epoch and pairs/s (stages.train.train_epoch: the loop `cli.py train` runs),
@@ -29,15 +29,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from mvbind.pipeline.binding.loss import BindingLoss
+from mvbind.pipeline.binding.projector import BindingModel, Head, ProjectorSpec, param_groups
+from mvbind.pipeline.binding.training import train_epoch
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from mvbind.pipeline.binding.loss import BindingLoss  # noqa: E402
-from mvbind.pipeline.binding.projector import BindingModel, Head, ProjectorSpec, param_groups  # noqa: E402
-from mvbind.pipeline.binding.training import train_epoch  # noqa: E402
 
 BATCH = 256
 

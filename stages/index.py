@@ -156,7 +156,8 @@ def index(config: Config, source: str | Path, *, run: str | Path | None = None, 
                            + (f"; {len(skipped)} other file(s) left out" if skipped else ""))
 
     t = time.perf_counter()
-    ext = run_extraction(config, items, require=("audio",), extensions=AUDIO_EXTENSIONS, progress=progress, windows=layout)
+    ext = run_extraction(config, items, require=("audio",), extensions=AUDIO_EXTENSIONS, progress=progress,
+                         windows=layout)
     secs["extract"] = time.perf_counter() - t
     ns = FeatureCache(config.cache_dir).find(ext.namespace)
     reasons = {p: r for p, r in ext.failed}

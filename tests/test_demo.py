@@ -1,15 +1,26 @@
 """The whole offline demo path on a tiny collection: demo-data → extract → train → eval → index → recommend."""
 
 import json
+from pathlib import Path
 
 from mvbind.stages.demo import run_demo
 
+# 20 videos of 2-2.5 s and tracks of 4-5 s: small, and still a real split to work with (seed 3: train 11, val 6,
+# test 3 videos, so two held-out videos to recommend for; the split hashes the files' bytes, so a change to the
+# generator can move it). Generating and extracting are most of the test's time; the second run must do neither.
+TINY = dict(videos=20, library_tracks=1, seed=3, workers=1, held_out=2, k=3, video_seconds=(2.0, 2.5),
+            track_seconds=(4.0, 5.0), batch_size=8, progress=False)
 
-def test_demo_runs_end_to_end_on_a_tiny_collection(tmp_path):
+
+def stamps(folder: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file under folder: a file written again shows up here."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_demo_runs_end_to_end_on_a_tiny_collection(tmp_path, one_thread):
     lines = []
-    result = run_demo(tmp_path / "demo", videos=30, library_tracks=2, seed=3, workers=1, held_out=2, k=3,
-                      video_seconds=(4.0, 5.0), track_seconds=(8.0, 10.0), batch_size=8, progress=False,
-                      notify=lines.append)
+    result = run_demo(tmp_path / "demo", notify=lines.append, **TINY)
     text = "\n".join(lines)
     assert (result.run_dir / "best.pt").exists() and (result.eval_dir / "recall_at_k.png").exists()
     assert result.library.exists()
@@ -19,9 +30,17 @@ def test_demo_runs_end_to_end_on_a_tiny_collection(tmp_path):
     assert "| demo | video→music |" in text and "| chance |" in text
     assert len(result.held_out) == 2 and all(c["video"] for c in result.held_out)
     assert "music is generated" in text
+    assert "inputs 20: extracted 20, reused from cache 0" in text
+
     # A second run reuses the collection and the cache: nothing is generated or extracted again.
+    data, cache = tmp_path / "demo" / "data", tmp_path / "demo" / "cache"
+    media_before = stamps(data)
+    shards_before = sorted(str(p.relative_to(cache)) for p in cache.glob("*/shards/*"))
+    assert len(media_before) > 20 and len({s.split("/")[0] for s in shards_before}) == 2  # videos', tracks'
     again = []
-    run_demo(tmp_path / "demo", videos=30, library_tracks=2, seed=3, workers=1, held_out=2, k=3,
-             video_seconds=(4.0, 5.0), track_seconds=(8.0, 10.0), batch_size=8, progress=False, notify=again.append)
+    run_demo(tmp_path / "demo", notify=again.append, **TINY)
     again = "\n".join(again)
-    assert "reusing the demo collection" in again and "extracted 0, reused from cache 30" in again
+    assert "reusing the demo collection" in again and "extracted 0, reused from cache 20" in again
+    assert "== demo-data ==" not in again and "== demo-data ==" in text
+    assert stamps(data) == media_before  # no video, track, manifest or demo.json written again
+    assert sorted(str(p.relative_to(cache)) for p in cache.glob("*/shards/*")) == shards_before  # nor a shard

@@ -35,6 +35,7 @@ from tests import synth
 from tests.media import make_video, run_ffmpeg
 
 SR = 16000
+pytestmark = pytest.mark.usefixtures("one_thread")  # a tiny model: a second thread only adds hand-offs
 SETTINGS = {"encoder": {"name": "test"}, "shapes": {"audio": [1, 8], "video": [1, 8]}}
 
 

@@ -40,7 +40,12 @@ from tests.media import make_video, run_ffmpeg
 SR = 16000
 SOURCES = ["testsrc", "testsrc2", "smptebars", "rgbtestsrc", "yuvtestsrc", "pal75bars", "colorspectrum", "zoneplate"]
 SIZES = [(160, 288), (96, 160), (120, 120), (144, 256)]
-TRAIN = {"train.projector": "linear", "train.embed_dim": 32, "train.epochs": 200, "train.lr": 1e-2,
+# Epochs: the train split holds 10 of the 16 pairs, fewer than two batches of 8, and the last partial batch is
+# dropped, so an epoch is one optimizer step. Over train seeds 0-7 the best checkpoint (validation R@1 at its
+# maximum, 1.0, after which nothing counts as better) came at epoch 16 or earlier; 20 epochs was the least with
+# every seed passing the planted-window test, so 40 leaves twice that (and the learning rate, cosine-decayed over
+# the run, is still above half its peak where the best checkpoint is taken).
+TRAIN = {"train.projector": "linear", "train.embed_dim": 32, "train.epochs": 40, "train.lr": 1e-2,
          "train.batch_size": 8, "train.patience": 0, "train.val_fraction": 0.3, "train.test_fraction": 0.0,
          "train.select_metric": "r1", "train.audio_dup_groups": "false", "train.dropout": 0.0,
          "train.weight_decay": 0.0, "train.threads": 1}
@@ -118,7 +123,7 @@ def test_suggested_start_points_at_the_planted_window(planted):
         assert lo <= own["start"] and own["start"] + 2.0 <= hi + 1e-6, (i, own, spans[i])
         assert own["window"] == int(own["start"])  # hop 1 s from 0
     # and it ranks first for (nearly) every video; chance would be 1 in 8. (Over train seeds 0-7 on the
-    # development machine: first in 60 of 64 cases, always in the top 3, start inside in 64 of 64.)
+    # development machine: first in 61 of 64 cases, always in the top 3, start inside in 64 of 64.)
     assert sum(r == 1 for r in ranks) >= len(SOURCES) - 2 and max(ranks) <= 3, ranks
 
 
