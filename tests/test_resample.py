@@ -9,11 +9,11 @@ import math
 
 import numpy as np
 import pytest
-import ref_resample
 import torch
 
 from mvbind.pipeline.encoders.imagebind.audio import decode_audio
 from mvbind.pipeline.encoders.imagebind.resample import resample, resample_span, resampled_length
+from tests import ref_resample
 from tests.media import FIXTURES
 
 CLIP = FIXTURES / "preprocess" / "clip.mp4"
