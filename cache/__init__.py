@@ -8,7 +8,7 @@ Reader API for stage two::
 """
 
 from mvbind.cache.keys import content_key, partition_of
-from mvbind.cache.namespace import CacheError, Failure, FeatureCache, Features, Namespace, fingerprint
+from mvbind.cache.namespace import CacheError, Failure, FeatureCache, Features, KeyIndex, Namespace, fingerprint
 from mvbind.cache.shards import DamagedShard, Row
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Failure",
     "FeatureCache",
     "Features",
+    "KeyIndex",
     "Namespace",
     "Row",
     "content_key",

@@ -163,10 +163,16 @@ class Namespace:
             except DamagedShard as err:
                 self.quarantine(path, str(err))
 
-    def write_shard(self, rows: list[Row], *, partition: int = 0, num_partitions: int = 1) -> Path:
-        """Commit rows as one new shard (atomic; a new unique file name, never an overwrite)."""
+    def write_shard(self, rows: list[Row], *, partition: int = 0, num_partitions: int = 1,
+                    prefix: str | None = None) -> Path:
+        """Commit rows as one new shard (atomic; a new unique file name, never an overwrite).
+
+        `prefix` names shards written outside any partition (e.g. "online": videos a `Recommender`
+        embedded): no lock is needed, since the name is unique and a key cached twice is harmless.
+        """
         self.shard_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{_shard_prefix(partition, num_partitions)}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.h5"
+        head = prefix or _shard_prefix(partition, num_partitions)
+        name = f"{head}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.h5"
         return write_shard(
             self.shard_dir,
             name,
@@ -222,6 +228,10 @@ class Namespace:
             if rows:
                 wanted -= seen
                 yield path, np.asarray(rows, np.int64), [shard_keys[i] for i in rows]
+
+    def key_index(self) -> KeyIndex:
+        """An incremental key → (shard, row) index: each shard's keys are read once, new shards on refresh."""
+        return KeyIndex(self)
 
     def select(self, keys) -> Features:
         """The committed items with these keys (reads only their rows); missing keys are left out."""
@@ -389,6 +399,54 @@ class Namespace:
             "bytes": size,
             "settings": self.settings,
         }
+
+
+class KeyIndex:
+    """Where each committed key lives, for looking items up while other jobs keep writing.
+
+    `refresh()` lists the shard directory and reads the keys of shards it has not seen (shards are
+    immutable once committed), so a long-lived reader (a `Recommender`, a server) costs one
+    directory listing per miss instead of re-reading every shard's keys per query.
+    """
+
+    def __init__(self, ns: Namespace):
+        self.ns = ns
+        self._seen: set[str] = set()
+        self._where: dict[str, tuple[Path, int]] = {}
+
+    def refresh(self) -> int:
+        """Index shards committed since the last refresh; returns how many were new."""
+        new = 0
+        for path in self.ns.shard_paths():
+            if path.name in self._seen:
+                continue
+            try:
+                keys = read_keys(path)
+            except DamagedShard as err:
+                self.ns.quarantine(path, str(err))
+                continue
+            self._seen.add(path.name)
+            new += 1
+            for row, key in enumerate(keys):
+                self._where.setdefault(key, (path, row))  # the first copy wins, as in load()
+        return new
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
+    def read(self, key: str) -> ShardData | None:
+        """The item's row (a one-row ShardData), refreshing once on a miss; None if not committed."""
+        if key not in self._where:
+            self.refresh()
+        if key not in self._where:
+            return None
+        path, row = self._where[key]
+        try:
+            return read_rows(path, np.array([row]))
+        except DamagedShard as err:
+            self.ns.quarantine(path, str(err))
+            self._where.pop(key, None)
+            return None
 
 
 def _shard_prefix(partition: int, num_partitions: int) -> str:

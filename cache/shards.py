@@ -20,6 +20,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from mvbind.errors import reason
+
 SCHEMA_VERSION = 1
 TMP_PREFIX = ".tmp-"
 STR = h5py.string_dtype()  # utf-8
@@ -266,5 +268,4 @@ def _check_layout(f: h5py.File) -> int:
 
 
 def _reason(err: Exception) -> str:
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return f"unreadable HDF5 ({text})"
+    return f"unreadable HDF5 ({reason(err)})"

@@ -15,3 +15,22 @@ class MediaError(MvbindError):
 
 class NoStreamError(MediaError):
     """The file has no stream of the requested kind (e.g. a video without audio)."""
+
+
+def reason(err: BaseException, limit: int = 160) -> str:
+    """A short one-line reason from an exception, for one-line errors and the failure log.
+
+    OSError gives its strerror (no path: the caller's message or the log names the file); anything
+    else its message with whitespace collapsed; cut at `limit` characters.
+    """
+    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return " ".join(str(text).split())[:limit]
+
+
+def open_reason(err: OSError) -> str:
+    """Why a file could not be opened for reading, in words a user can act on."""
+    if isinstance(err, FileNotFoundError):
+        return "file not found (moved or deleted before it was read)"
+    if isinstance(err, IsADirectoryError):
+        return "is a directory, not a media file"
+    return f"unreadable ({err.strerror or err})"

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mvbind.cache import FeatureCache, Namespace, Row, content_key, partition_of
+from mvbind.errors import open_reason
 from mvbind.pipeline.config.loader import Config
 from mvbind.pipeline.encoders.base import Prepared, extractor_settings, make_embedder, make_preparer, pick_device
 from mvbind.pipeline.library.windows import WindowLayout, make_window_preparer, window_settings
@@ -63,12 +64,8 @@ class PrepareDataset(Dataset):
         t0 = time.perf_counter()
         try:
             key = content_key(path)
-        except FileNotFoundError:
-            return Work(index, FAILED, reason="file not found (moved or deleted before it was read)")
-        except IsADirectoryError:
-            return Work(index, FAILED, reason="is a directory, not a media file")
         except OSError as err:
-            return Work(index, FAILED, reason=f"unreadable ({err.strerror or err})")
+            return Work(index, FAILED, reason=open_reason(err))
         if partition_of(key, self.num_partitions) != self.partition:
             return Work(index, ELSEWHERE, key=key)
         if key in self.committed:

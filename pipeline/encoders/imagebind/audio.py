@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mvbind.errors import MediaError, NoStreamError
+from mvbind.errors import MediaError, NoStreamError, reason
 from mvbind.pipeline.encoders.imagebind.fbank import melspec
 from mvbind.pipeline.encoders.imagebind.resample import resample_span, resampled_length
 from mvbind.pipeline.media.sampler import clip_spans
@@ -160,11 +160,11 @@ def decode_audio(path: str | os.PathLike[str]) -> tuple[Tensor, int]:
         if path.stat().st_size == 0:
             raise MediaError("file is empty (0 bytes)")
     except OSError as err:
-        raise MediaError(f"cannot read file: {_reason(err)}") from err
+        raise MediaError(f"cannot read file: {reason(err)}") from err
     try:
         container = av.open(str(path), mode="r")
     except (av.FFmpegError, OSError, ValueError) as err:
-        raise MediaError(f"cannot open media: {_reason(err)}") from err
+        raise MediaError(f"cannot open media: {reason(err)}") from err
     with container:
         stream = container.streams.best("audio")
         if stream is None:
@@ -172,7 +172,7 @@ def decode_audio(path: str | os.PathLike[str]) -> tuple[Tensor, int]:
         chunks, rate, error = _decode_stream(container, stream)
     if not chunks:
         if error is not None:
-            raise MediaError(f"audio not decodable: {_reason(error)}")
+            raise MediaError(f"audio not decodable: {reason(error)}")
         raise MediaError("audio stream is empty")
     waveform = np.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
     if waveform.shape[1] == 0:
@@ -243,8 +243,3 @@ def _frame_to_float32(
         array = array.astype(np.float32, copy=False)
     return array, converter
 
-
-def _reason(err: BaseException) -> str:
-    """A short one-line reason from an exception (FFmpeg's message without the path)."""
-    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
-    return " ".join(str(text).split())

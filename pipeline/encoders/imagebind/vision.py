@@ -33,7 +33,7 @@ import av
 import numpy as np
 import torch
 
-from mvbind.errors import MediaError, NoStreamError
+from mvbind.errors import MediaError, NoStreamError, reason
 from mvbind.pipeline.media.borders import Box, crop, detect_content_box
 from mvbind.pipeline.media.sampler import clip_spans
 
@@ -121,9 +121,9 @@ def video_inputs(path: str | Path, settings: VideoSettings | None = None, *, thr
     except MediaError:
         raise
     except av.FFmpegError as err:
-        raise MediaError(_reason(err)) from err
+        raise MediaError(reason(err)) from err
     except (OSError, EOFError) as err:
-        raise MediaError(_reason(err)) from err
+        raise MediaError(reason(err)) from err
 
 
 def read_frames(path: str | Path, frame_numbers: list[int], *, threads: int = 0) -> dict[int, np.ndarray]:
@@ -138,7 +138,7 @@ def read_frames(path: str | Path, frame_numbers: list[int], *, threads: int = 0)
                 raise ValueError(f"frame numbers must be in [0, {index.count}), got {wanted[0]}..{wanted[-1]}")
             return _Decoder(path, container, stream, index, threads).frames(wanted)
     except av.FFmpegError as err:
-        raise MediaError(_reason(err)) from err
+        raise MediaError(reason(err)) from err
 
 
 def _video_inputs(path: Path, settings: VideoSettings, threads: int) -> VideoInputs:
@@ -183,7 +183,7 @@ def _open(path: Path) -> av.container.InputContainer:
     try:
         return av.open(str(path), mode="r")
     except av.FFmpegError as err:
-        raise MediaError(f"cannot open: {_reason(err)}") from err
+        raise MediaError(f"cannot open: {reason(err)}") from err
 
 
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
@@ -463,8 +463,3 @@ def _clips_and_crops(resized: dict[int, np.ndarray], plan: ClipPlan, settings: V
                 out[c * len(offsets) + k, :, t] = normed[i][:, y : y + size, x : x + size]
     return torch.from_numpy(out)
 
-
-def _reason(err: BaseException) -> str:
-    """A short one-line reason for the failure log (no path: the log has it)."""
-    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
-    return " ".join(str(text).split())[:160]

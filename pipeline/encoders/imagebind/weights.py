@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm import tqdm
 
-from mvbind.errors import MvbindError
+from mvbind.errors import MvbindError, reason
 
 if TYPE_CHECKING:
     from mvbind.pipeline.encoders.imagebind.model import ImageBindAV
@@ -105,7 +105,7 @@ def download_weights(url: str, dest: Path, *, progress: bool = True) -> Path:
             resp = urllib.request.urlopen(url, timeout=_TIMEOUT_S)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             _remove(part)
-            raise MvbindError(f"could not reach {url} ({_reason(exc)}): {manual}") from None
+            raise MvbindError(f"could not reach {url} ({_network_reason(exc)}): {manual}") from None
         length = resp.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         with resp, tqdm(
@@ -118,7 +118,8 @@ def download_weights(url: str, dest: Path, *, progress: bool = True) -> Path:
                 except (OSError, http.client.HTTPException) as exc:
                     _remove(part)
                     raise MvbindError(
-                        f"download of {url} broke off after {received} bytes ({_reason(exc)}): retry, or {manual}"
+                        f"download of {url} broke off after {received} bytes ({_network_reason(exc)}): "
+                        f"retry, or {manual}"
                     ) from None
                 if not chunk:
                     break
@@ -191,7 +192,7 @@ def load_weights(model: ImageBindAV, path: Path) -> None:
     try:
         model.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as exc:
-        raise MvbindError(f"weights file {path} could not be loaded: {_one_line(str(exc))}") from None
+        raise MvbindError(f"weights file {path} could not be loaded: {reason(exc, 300)}") from None
 
 
 def file_digest(path: Path) -> str:
@@ -236,12 +237,12 @@ def _load_state(path: Path) -> Mapping[str, Any]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling can fail in many ways; all mean "not a checkpoint"
         if isinstance(exc, pickle.UnpicklingError):  # torch's text here advises weights_only=False: not for us
-            reason = "not a pickle of tensors"
+            why = "not a pickle of tensors"
         else:
-            first = _one_line(str(exc)).split(". ")[0][:100]
-            reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+            first = reason(exc, 1000).split(". ")[0][:100]
+            why = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         raise MvbindError(
-            f"weights file {path} is not a readable torch checkpoint ({reason}): "
+            f"weights file {path} is not a readable torch checkpoint ({why}): "
             f"re-download {WEIGHTS_FILENAME} or {CONFIG_HINT}"
         ) from None
     for wrapper in ("state_dict", "model"):
@@ -275,13 +276,9 @@ def _remove(path: Path) -> None:
         pass
 
 
-def _reason(exc: BaseException) -> str:
+def _network_reason(exc: BaseException) -> str:
     """A short one-line reason for a network error."""
     if isinstance(exc, urllib.error.HTTPError):
         return f"HTTP {exc.code} {exc.reason}"
-    reason = getattr(exc, "reason", None) or exc
-    return _one_line(str(reason)) or type(exc).__name__
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    why = getattr(exc, "reason", None)
+    return reason(why) if isinstance(why, BaseException) else " ".join(str(why or exc).split()) or type(exc).__name__

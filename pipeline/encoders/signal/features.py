@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvbind.errors import ConfigError, MediaError, MvbindError, NoStreamError
+from mvbind.errors import ConfigError, MediaError, MvbindError, NoStreamError, reason
 from mvbind.pipeline.media.sampler import clip_spans
 
 FEATURE_VERSION = 1  # bump when any computation below changes the values
@@ -381,9 +381,9 @@ def video_features(path: str | os.PathLike[str], settings: SignalSettings = Sign
     except MvbindError:
         raise
     except av.FFmpegError as err:
-        raise MediaError(_reason(err)) from err
+        raise MediaError(reason(err)) from err
     except (OSError, EOFError) as err:
-        raise MediaError(_reason(err)) from err
+        raise MediaError(reason(err)) from err
     count, fps, spans, plan, frames = sampled
     if settings.remove_borders:
         y0, y1, x0, x1 = content_box(list(frames.values()), settings.border_threshold)
@@ -450,7 +450,7 @@ def _sample_frames(path: Path, s: SignalSettings, clip_duration: float, clips: i
     try:
         container = av.open(str(path), mode="r")
     except av.FFmpegError as err:
-        raise MediaError(f"cannot open: {_reason(err)}") from err
+        raise MediaError(f"cannot open: {reason(err)}") from err
     with container:
         stream = _video_stream(container)
         pts, keys = _packet_index(container, stream)
@@ -714,10 +714,6 @@ def _hsv_hist(hsv: np.ndarray) -> np.ndarray:
     hist = cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel()
     return hist / max(float(hist.sum()), 1.0)
 
-
-def _reason(err: BaseException) -> str:
-    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
-    return " ".join(str(text).split())[:160]
 
 
 # ---------------------------------------------------------------------------------------------

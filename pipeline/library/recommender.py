@@ -1,0 +1,253 @@
+"""`Recommender`: load a run, a music library and the encoder once; recommend tracks for videos.
+
+    video ─► content key ─► cached? read its per-clip embeddings (no lock, an incremental key index)
+                          └► else decode + embed in memory (the encoder is built on first need and
+                             shared behind a lock) ─► optionally committed as an "online" shard
+          ─► the run's video head (or zero-shot) ─► library search (best window per track)
+          ─► top-k tracks with the suggested start
+
+Nothing here takes an extract lock, so recommendations run beside an `extract` job or each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mvbind.cache import FeatureCache, Row, content_key, fingerprint
+from mvbind.errors import MvbindError, open_reason
+from mvbind.pipeline.config.loader import Config
+from mvbind.pipeline.console import say
+from mvbind.pipeline.encoders.base import extractor_settings, make_embedder, make_preparer
+from mvbind.pipeline.library.locate import resolve_library
+from mvbind.pipeline.library.projector import Projector, check_compatible, load_projector
+from mvbind.pipeline.library.store import Library, LibraryError, load_library, read_header
+
+
+@dataclass
+class Recommendation:
+    video: str
+    key: str
+    duration: float
+    results: list[dict] = field(default_factory=list)  # rank, track, title, artist, label, score, start, ...
+    preview: str | None = None
+    preview_audio: str | None = None
+
+@dataclass
+class RecommendReport:
+    library: str
+    mode: str  # "run" | "zero-shot"
+    projector: str
+    search: str
+    k: int
+    k_requested: int
+    library_tracks: int
+    library_windows: int
+    recommendations: list[Recommendation] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "library": self.library, "mode": self.mode, "projector": self.projector, "search": self.search,
+            "k": self.k, "k_requested": self.k_requested, "k_clamped": self.k < self.k_requested,
+            "library_tracks": self.library_tracks, "library_windows": self.library_windows,
+            "videos": [dataclasses.asdict(r) for r in self.recommendations],
+            "failed": [{"path": p, "reason": r} for p, r in self.failed],
+            "notes": self.notes, "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+        }
+
+    def table(self) -> str:
+        lines = [f"# {self.projector}", f"# library {self.library}: {self.library_tracks} tracks, "
+                 f"{self.library_windows} windows; {self.search} search"]
+        for rec in self.recommendations:
+            lines.append("")
+            lines.append(f"{rec.video} ({rec.duration:.1f} s): top {len(rec.results)}")
+            rows = [("rank", "score", "start", "track", "file")]
+            for r in rec.results:
+                rows.append((str(r["rank"]), f"{r['score']:.3f}", fmt_time(r["start"]), r["label"],
+                             os.path.basename(r["track"])))
+            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+            for n, row in enumerate(rows):
+                cells = [row[0].rjust(widths[0]), row[1].rjust(widths[1]), row[2].rjust(widths[2]),
+                         row[3].ljust(widths[3]), row[4]]
+                lines.append("  ".join(cells).rstrip())
+                if n == 0:
+                    lines.append("  ".join("-" * w for w in widths))
+            if rec.preview:
+                lines.append(f"preview ({rec.preview_audio}): {rec.preview}")
+        return "\n".join(lines) + "\n"
+
+def fmt_time(seconds: float) -> str:
+    m, s = divmod(max(0.0, float(seconds)), 60.0)
+    return f"{int(m)}:{s:04.1f}"
+
+
+@dataclass
+class EmbeddedVideo:
+    """One video's per-clip embeddings (fp16 precision, as the cache stores them), or why not."""
+
+    path: str
+    key: str
+    video: np.ndarray | None  # (clips, dim) float32 holding fp16 values
+    duration: float
+    cached: bool  # read from the cache rather than embedded now
+    reason: str = ""
+
+
+class Recommender:
+    """Recommend library tracks for videos; everything expensive is loaded once.
+
+    >>> rec = Recommender(load_config(), library="mylib", run="base")
+    >>> report = rec.recommend(["clip.mp4"], k=5)
+    >>> report.recommendations[0].results[0]["title"], report.recommendations[0].results[0]["start"]
+
+    Thread-safe: the encoder runs behind a lock (one forward at a time), everything else is read-only
+    or per call. `cache_writes` commits newly embedded videos to the feature cache as "online" shards
+    (unique names, no lock: never blocks, never waits for an extract job).
+    """
+
+    def __init__(self, config: Config, *, library: str | Path | Library, run: str | Path | None = None,
+                 projector: Projector | None = None, cache_writes: bool = True, progress: bool = False):
+        self.config = config
+        self.cache_writes = cache_writes
+        self.settings = extractor_settings(config, download=True, progress=progress)
+        self.fingerprint = fingerprint(self.settings)
+        if projector is None:
+            projector = load_projector(config, run, self.settings)
+        elif projector.fingerprint != self.fingerprint:
+            raise MvbindError(f"the given projector belongs to cache {projector.fingerprint[:16]}, these encoder "
+                              f"settings give {self.fingerprint[:16]}; load it with the same settings")
+        self.projector = projector
+        if isinstance(library, Library):
+            lib_path, header, lib = Path(library.path), library.meta, library
+        else:
+            lib_path = resolve_library(config, library)
+            header = read_header(lib_path)  # format, version and damage checks before any work
+            lib = None
+        check_compatible(lib_path, header, projector)
+        self.library = lib if lib is not None else load_library(lib_path)
+        self.library_path = lib_path
+        if self.library.n_tracks == 0:
+            raise LibraryError(f"{lib_path}: the library holds no tracks; re-index a folder with music files")
+        self._cache = FeatureCache(config.cache_dir)
+        self._index = None
+        self._lock = threading.Lock()  # the encoder and the key index
+        self._preparer = None
+        self._embedder = None
+        self._progress = progress
+
+    # -- embedding ------------------------------------------------------------------------
+    def _key_index(self):
+        if self._index is None:
+            ns = self._cache.create(self.settings) if self.cache_writes else self._find_namespace()
+            self._index = ns.key_index() if ns is not None else None
+        return self._index
+
+    def _find_namespace(self):
+        try:
+            return self._cache.get(self.settings)
+        except MvbindError:
+            return None
+
+    def embed(self, path: str | Path) -> EmbeddedVideo:
+        """The video's per-clip embeddings: from the cache when committed, else computed in memory."""
+        path = str(path)
+        try:
+            key = content_key(path)
+        except OSError as err:
+            return EmbeddedVideo(path, "", None, 0.0, False, open_reason(err))
+        with self._lock:
+            index = self._key_index()
+            row = index.read(key) if index is not None else None
+        if row is not None and bool(row.video_mask[0]):
+            return EmbeddedVideo(path, key, row.video[0].astype(np.float32), float(row.duration[0]), True)
+        if self._preparer is None:
+            self._preparer = make_preparer(dataclasses.replace(
+                self.config, extract=dataclasses.replace(self.config.extract, workers=0)))
+        prepared = self._preparer(path)
+        if prepared.video is None:
+            return EmbeddedVideo(path, key, None, prepared.duration, False, prepared.video_reason or "no video frames")
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = make_embedder(self.config, progress=self._progress)
+            audio, video = self._embedder.embed([prepared])
+        clips = video[0].astype(np.float16)  # what the cache would store: cached and fresh results agree
+        if self.cache_writes:
+            self._commit(Row(key=key, path=path, audio=None if audio[0] is None else audio[0].astype(np.float16),
+                             video=clips, duration=float(prepared.duration)))
+        return EmbeddedVideo(path, key, clips.astype(np.float32), float(prepared.duration), False)
+
+    def _commit(self, row: Row) -> None:
+        try:
+            ns = self._cache.create(self.settings)
+            ns.write_shard([row], prefix="online")
+        except (OSError, MvbindError) as err:  # a full or read-only cache must not fail a recommendation
+            say(f"note: {row.path} was not written to the cache ({err})")
+
+    # -- ranking --------------------------------------------------------------------------
+    def recommend(self, videos: Sequence[str | Path], *, k: int | None = None, search: str | None = None,
+                  notify: Callable[[str], None] = say) -> RecommendReport:
+        """Top-k library tracks for each video, with the suggested start in each track."""
+        t0 = time.perf_counter()
+        rc = self.config.recommend
+        lib = self.library
+        k_requested = int(k if k is not None else rc.k)
+        if k_requested < 1:
+            raise MvbindError(f"-k {k_requested}: need at least 1 track per video")
+        if not videos:
+            raise MvbindError("no video given; pass one or more video files")
+        search = search or rc.search
+        method = ("faiss" if lib.has_faiss else "exact") if search == "auto" else search
+        if method == "faiss" and not lib.has_faiss:
+            raise LibraryError(f"{self.library_path}: the library has no FAISS index; rebuild it with "
+                               "`mvbind index --index faiss` or search with --search exact")
+        notes: list[str] = []
+        kk = min(k_requested, lib.n_tracks)
+        if kk < k_requested:
+            notes.append(f"-k {k_requested} is more than the library's {lib.n_tracks} tracks; showing all {kk}")
+
+        secs: dict[str, float] = {}
+        t = time.perf_counter()
+        embedded = [self.embed(v) for v in videos]
+        secs["embed"] = time.perf_counter() - t
+        ok = [e for e in embedded if e.video is not None]
+        failed = [(e.path, e.reason) for e in embedded if e.video is None]
+        for path, reason in failed:
+            notify(f"skipped {path}: {reason}")
+        if not ok:
+            raise MvbindError(f"no video could be embedded ({failed[0][0]}: {failed[0][1]})")
+
+        t = time.perf_counter()
+        queries = self.projector.videos(np.stack([e.video for e in ok]))
+        secs["project"] = time.perf_counter() - t
+        res = lib.search(queries, kk, method=method, nprobe=rc.nprobe, chunk_mb=rc.chunk_mb)
+        secs["search"] = res.seconds
+        nprobe = rc.nprobe or (lib.meta.get("faiss") or {}).get("nprobe")
+        report = RecommendReport(library=str(self.library_path), mode=self.projector.kind,
+                                 projector=self.projector.describe(),
+                                 search=method + (f" (nprobe {nprobe})" if method == "faiss" else ""),
+                                 k=kk, k_requested=k_requested, library_tracks=lib.n_tracks,
+                                 library_windows=lib.n_windows, failed=failed, notes=notes)
+        for q, e in enumerate(ok):
+            rec = Recommendation(video=e.path, key=e.key, duration=e.duration)
+            for rank, (tr, sc, win) in enumerate(zip(res.tracks[q], res.scores[q], res.windows[q]), start=1):
+                if tr < 0:
+                    continue
+                rec.results.append({
+                    "rank": rank, "track": str(lib.paths[tr]), "title": str(lib.titles[tr]),
+                    "artist": str(lib.artists[tr]), "label": lib.label(int(tr)), "score": round(float(sc), 4),
+                    "start": round(float(lib.starts[win]), 3), "window": int(win - lib.offsets[tr]),
+                    "track_duration": round(float(lib.durations[tr]), 3), "key": str(lib.keys[tr])})
+            report.recommendations.append(rec)
+        secs["total"] = time.perf_counter() - t0
+        report.seconds = secs
+        return report
