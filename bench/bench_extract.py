@@ -105,7 +105,7 @@ def run_naive(videos: list[Path], arch: str, out: Path) -> dict:
 
 
 def run_mvbind(videos: list[Path], arch: str, out: Path, workers: int, batch: int) -> dict:
-    from mvbind.pipeline.config.loader import load_config
+    from mvbind.pipeline.config import load_config
     from mvbind.pipeline.media.inputs import InputItem
     from mvbind.stages.extract import extract
 
@@ -119,7 +119,7 @@ def run_mvbind(videos: list[Path], arch: str, out: Path, workers: int, batch: in
 
 def run_forward_only(videos: list[Path], arch: str, batch: int) -> dict:
     """Pure model time: the same batches on inputs prepared beforehand (preparation not timed)."""
-    from mvbind.pipeline.config.loader import load_config
+    from mvbind.pipeline.config import load_config
     from mvbind.pipeline.encoders.base import make_embedder, make_preparer
 
     config = load_config(overrides={"encoder.arch": arch, "encoder.weights": "random"})

@@ -157,7 +157,7 @@ def make_tracks(folder: Path, n: int, seconds: float, sr: int = 22050) -> None:
 def tiny_run(tmp: Path):
     """A real (barely trained) run on a few tiny-ImageBind videos with the default [train] head
     (residual MLP, hidden 1024, 256-d out), so end-to-end queries go through a real video head."""
-    from mvbind.pipeline.config.loader import load_config
+    from mvbind.pipeline.config import load_config
     from mvbind.stages.extract import extract
     from mvbind.stages.train import train
     from tests.synth import make_video
@@ -241,7 +241,7 @@ def bench_build(tmp: Path, n_tracks: int, seconds: float) -> list[dict]:
     import torch
 
     from mvbind.pipeline.binding.projector import BindingModel, ProjectorSpec
-    from mvbind.pipeline.config.loader import load_config
+    from mvbind.pipeline.config import load_config
     from mvbind.pipeline.library.projector import Projector
     from mvbind.pipeline.library.windows import WindowLayout
     from mvbind.pipeline.media.inputs import AUDIO_EXTENSIONS

@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--media", type=Path, default=Path(tempfile.gettempdir()) / "mvbind-bench-signal")
     args = ap.parse_args()
 
-    from mvbind.pipeline.config.loader import load_config
+    from mvbind.pipeline.config import load_config
     from mvbind.pipeline.encoders.base import make_preparer
 
     print(f"machine: {os.cpu_count()} CPU cores")

@@ -13,6 +13,7 @@ Nothing here deletes or overwrites a committed shard.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -20,7 +21,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,18 +199,26 @@ class Namespace:
         return removed
 
     # -- reading for stage two ------------------------------------------------------------
-    def load(self) -> Features:
-        """All committed items, one row per key (a key cached twice keeps its first copy)."""
+    def load(self, pool: Callable[[np.ndarray], np.ndarray] | None = None) -> Features:
+        """All committed items, one row per key (a key cached twice keeps its first copy).
+
+        With `pool` ((n, clips, dim) → (n, dim), e.g. a mean), each shard's per-clip embeddings are
+        pooled as the shard is read, so memory grows with items × dim instead of items × clips × dim
+        (stage two at millions of items); `audio` and `video` are then (n, dim).
+        """
         parts: list[ShardData] = []
         names: list[np.ndarray] = []
+        seen: set[str] = set()
         for path, data in self.iter_shards():
+            keys = data.keys.astype(str)
+            first = np.array([not (k in seen or seen.add(k)) for k in keys], bool)
+            if not first.all():
+                data = _take(data, np.flatnonzero(first))
+            if pool is not None:
+                data = dataclasses.replace(data, audio=pool(data.audio), video=pool(data.video))
             parts.append(data)
             names.append(np.full(len(data), path.name, dtype=object))
-        feats = self._features(parts, names)
-        _, first = np.unique(feats.keys.astype(str), return_index=True)
-        if len(first) != len(feats):
-            feats = feats.subset(np.sort(first))
-        return feats
+        return self._features(parts, names, pooled=pool is not None)
 
     def _rows_by_shard(self, keys) -> Iterator[tuple[Path, np.ndarray, list[str]]]:
         """(shard, sorted row indices, their keys) for the wanted keys, first copy of each key only."""
@@ -247,12 +256,14 @@ class Namespace:
             names.append(np.full(len(data), path.name, dtype=object))
         return self._features(parts, names)
 
-    def _features(self, parts: list[ShardData], names: list[np.ndarray]) -> Features:
+    def _features(self, parts: list[ShardData], names: list[np.ndarray], pooled: bool = False) -> Features:
         """Concatenate shard parts into one row-aligned Features (empty, with the right shapes, if none)."""
         if not parts:
             empty = np.zeros(0, object)
-            return Features(empty, empty, np.zeros((0, *self.audio_shape), np.float16), np.zeros(0, bool),
-                            np.zeros((0, *self.video_shape), np.float16), np.zeros(0, bool),
+            a_shape, v_shape = (self.audio_shape[1:], self.video_shape[1:]) if pooled else (
+                self.audio_shape, self.video_shape)
+            return Features(empty, empty, np.zeros((0, *a_shape), np.float16), np.zeros(0, bool),
+                            np.zeros((0, *v_shape), np.float16), np.zeros(0, bool),
                             np.zeros(0, np.float32), empty, empty, empty, empty)
         return Features(
             keys=np.concatenate([p.keys for p in parts]),
@@ -447,6 +458,13 @@ class KeyIndex:
             self.ns.quarantine(path, str(err))
             self._where.pop(key, None)
             return None
+
+
+def _take(data: ShardData, rows: np.ndarray) -> ShardData:
+    """Some rows of a shard's data."""
+    return ShardData(keys=data.keys[rows], paths=[data.paths[i] for i in rows], audio=data.audio[rows],
+                     audio_mask=data.audio_mask[rows], video=data.video[rows], video_mask=data.video_mask[rows],
+                     duration=data.duration[rows], meta={k: v[rows] for k, v in data.meta.items()})
 
 
 def _shard_prefix(partition: int, num_partitions: int) -> str:

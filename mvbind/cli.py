@@ -17,7 +17,7 @@ import click
 
 from mvbind.errors import MvbindError
 from mvbind.pipeline.binding.report import markdown_table
-from mvbind.pipeline.config.loader import Config, load_config
+from mvbind.pipeline.config import Config, load_config
 from mvbind.pipeline.console import say
 from mvbind.stages.cache_info import cache_info, format_info
 from mvbind.stages.demo import run_demo

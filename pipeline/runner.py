@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from mvbind.cache import FeatureCache, Namespace, Row, content_key, partition_of
 from mvbind.errors import open_reason
-from mvbind.pipeline.config.loader import Config
+from mvbind.pipeline.config import Config
 from mvbind.pipeline.encoders.base import Prepared, extractor_settings, make_embedder, make_preparer, pick_device
 from mvbind.pipeline.library.windows import WindowLayout, make_window_preparer, window_settings
 from mvbind.pipeline.media.inputs import VIDEO_EXTENSIONS, InputItem, list_inputs

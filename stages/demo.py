@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from mvbind.pipeline.config.loader import Config
+from mvbind.pipeline.config import Config
 
 CAVEAT = ("The demo's music is generated and its visuals are rendered to follow it, so these numbers show that the "
           "pipeline works and learns a real correspondence — not how well it does on real short videos.")
@@ -41,7 +41,7 @@ class DemoResult:
 def demo_config(workdir: Path, *, workers: int = 2, batch_size: int = 32) -> Config:
     """Settings for the demo: the signal encoder, all data under `workdir`, a batch size for a small set,
     music groups from the generator's music ids."""
-    from mvbind.pipeline.config.loader import load_config
+    from mvbind.pipeline.config import load_config
 
     overrides = {
         "encoder.name": "signal",

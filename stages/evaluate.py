@@ -31,7 +31,7 @@ from mvbind.pipeline.binding.projector import ProjectorSpec
 from mvbind.pipeline.binding.report import markdown_table, plot_recall
 from mvbind.pipeline.binding.runs import RunError, _read, claim_run_dir, find_run, run_name, write_json
 from mvbind.pipeline.binding.training import encode, make_split, music_groups, relabel, skipped_note
-from mvbind.pipeline.config.loader import Config, expand_path
+from mvbind.pipeline.config import Config, expand_path
 from mvbind.pipeline.console import say
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mvbind.pipeline.config.loader import Config
+from mvbind.pipeline.config import Config
 from mvbind.pipeline.media.inputs import InputItem
 from mvbind.pipeline.runner import ExtractSummary, run_extraction
 

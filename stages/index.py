@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mvbind.cache import FeatureCache
-from mvbind.pipeline.config.loader import Config
+from mvbind.pipeline.config import Config
 from mvbind.pipeline.console import say
 from mvbind.pipeline.encoders.base import extractor_settings
 from mvbind.pipeline.library.locate import library_path

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mvbind.pipeline.config.loader import Config
+from mvbind.pipeline.config import Config
 from mvbind.pipeline.console import say
 from mvbind.pipeline.library.projector import Projector
 from mvbind.pipeline.library.recommender import Recommendation, Recommender, RecommendReport

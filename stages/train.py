@@ -45,7 +45,7 @@ from mvbind.pipeline.binding.training import (
     train_epoch,
     val_summary,
 )
-from mvbind.pipeline.config.loader import Config, to_dict
+from mvbind.pipeline.config import Config, to_dict
 from mvbind.pipeline.console import say
 
 

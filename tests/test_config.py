@@ -1,7 +1,13 @@
+import dataclasses
+import re
+import subprocess
+import sys
+import tomllib
+
 import pytest
 
 from mvbind.errors import ConfigError
-from mvbind.pipeline.config.loader import DEFAULT_CONFIG, load_config
+from mvbind.pipeline.config import DEFAULT_CONFIG, SECTIONS, load_config
 
 
 def test_bundled_pipeline_toml_loads_with_the_reference_constants():
@@ -44,3 +50,56 @@ def test_bad_files(tmp_path):
     (tmp_path / "sec.toml").write_text("[extrakt]\nworkers = 1\n")
     with pytest.raises(ConfigError, match=r"unknown section \[extrakt\]"):
         load_config(tmp_path / "sec.toml")
+
+
+# ── one schema: defaults written once, every key checked ─────────────────────────────────────
+
+
+def test_shipped_toml_holds_every_setting_with_the_schema_defaults():
+    # The schema (pipeline/config/schema.py) is where defaults are written; pipeline.toml must hold
+    # every key of every section with exactly those values, so the two can't drift apart.
+    raw = tomllib.loads(DEFAULT_CONFIG.read_text())
+    assert set(raw) == set(SECTIONS)
+    for name, cls in SECTIONS.items():
+        defaults = dataclasses.asdict(cls())
+        assert set(raw[name]) == set(defaults), name
+        for key, value in defaults.items():
+            shipped = raw[name][key]
+            assert (tuple(shipped) if isinstance(shipped, list) else shipped) == value, f"{name}.{key}"
+
+
+def _all_keys():
+    for name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            yield name, f.name, dataclasses.asdict(cls())[f.name]
+
+
+@pytest.mark.parametrize("section,key,default", list(_all_keys()), ids=lambda v: str(v)[:30])
+def test_every_key_refuses_a_wrong_type_in_one_line(section, key, default):
+    if isinstance(default, str):
+        return  # any string is a string: choice checks are covered below
+    bad = "[oops" if isinstance(default, tuple) else "not-a-number"
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides={f"{section}.{key}": bad})
+    message = str(err.value)
+    assert "\n" not in message and f"{key}" in message
+
+
+@pytest.mark.parametrize("dotted,value", [
+    ("video.crops", "2"), ("video.size", "0"), ("video.clips_per_video", "0"), ("video.frames_per_clip", "0"),
+    ("audio.clips_per_video", "0"), ("signal.hue_bins", "0"), ("signal.flow_size", "8"), ("train.epochs", "0"),
+    ("train.projector", "transformer"), ("eval.split", "dev"), ("library.hop", "-1"), ("recommend.k", "0"),
+    ("encoder.device", "tpu"), ("extract.prefetch", "0"),
+])
+def test_out_of_range_values_name_the_key_in_one_line(dotted, value):
+    with pytest.raises(ConfigError, match=rf"^setting {re.escape(dotted)}\b") as err:
+        load_config(overrides={dotted: value})
+    assert "\n" not in str(err.value)
+
+
+def test_loading_settings_imports_no_torch_or_pyav():
+    code = ("import sys; from mvbind.pipeline.config import load_config; load_config(); "
+            "heavy = {'torch', 'av', 'cv2', 'librosa', 'h5py'} & set(sys.modules); "
+            "print(sorted(heavy)); sys.exit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from mvbind.cache import CacheError, FeatureCache, content_key
 from mvbind.cache.shards import TMP_PREFIX
-from mvbind.pipeline.config.loader import load_config
+from mvbind.pipeline.config import load_config
 from mvbind.pipeline.encoders.base import extractor_settings
 from mvbind.pipeline.encoders.imagebind.audio import audio_inputs
 from mvbind.pipeline.encoders.imagebind.model import build_imagebind

@@ -16,7 +16,7 @@ from mvbind.cache import FeatureCache, Row
 from mvbind.cache.shards import read_windows
 from mvbind.errors import ConfigError
 from mvbind.pipeline.binding.pooling import mean_pool
-from mvbind.pipeline.config.loader import load_config
+from mvbind.pipeline.config import load_config
 from mvbind.pipeline.encoders.imagebind.audio import AudioSettings, decode_audio, waveform_inputs
 from mvbind.pipeline.encoders.imagebind.model import build_imagebind
 from mvbind.pipeline.library.store import (

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 
 from mvbind.cli import cli
 from mvbind.errors import MvbindError
-from mvbind.pipeline.config.loader import load_config
+from mvbind.pipeline.config import load_config
 from mvbind.pipeline.encoders.imagebind.audio import decode_audio
 from mvbind.pipeline.encoders.imagebind.resample import resample
 from mvbind.pipeline.library.projector import Projector, check_compatible

@@ -11,7 +11,7 @@ import torch
 
 from mvbind.cache import FeatureCache
 from mvbind.errors import ConfigError
-from mvbind.pipeline.config.loader import load_config
+from mvbind.pipeline.config import load_config
 from mvbind.pipeline.encoders.base import extractor_settings, make_preparer
 from mvbind.pipeline.encoders.signal.features import (
     AUDIO_FEATURE_NAMES,

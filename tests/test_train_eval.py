@@ -18,7 +18,7 @@ from mvbind.cache import FeatureCache, Row
 from mvbind.cli import main as cli_main
 from mvbind.pipeline.binding.pairs import select_namespace
 from mvbind.pipeline.binding.training import lr_at
-from mvbind.pipeline.config.loader import load_config
+from mvbind.pipeline.config import load_config
 from mvbind.stages.evaluate import evaluate
 from tests.planted import write_planted
 

@@ -19,7 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mvbind.errors import MediaError, NoStreamError
+from mvbind.errors import ConfigError, MediaError, NoStreamError
+from mvbind.pipeline.config import load_config
 from mvbind.pipeline.encoders.imagebind.vision import (
     VideoSettings,
     _Decoder,
@@ -129,8 +130,9 @@ def test_settings_are_plain_and_validated():
     fields = dataclasses.asdict(VideoSettings())
     assert all(isinstance(v, (int, float, bool, tuple)) for v in fields.values())
     assert hash(VideoSettings()) == hash(VideoSettings())
-    with pytest.raises(ValueError):
-        VideoSettings(crops=2)
+    for key, value in (("crops", "2"), ("size", "0"), ("clips_per_video", "0"), ("frames_per_clip", "0")):
+        with pytest.raises(ConfigError, match=rf"^setting video.{key}: "):  # one line from the one validator
+            load_config(overrides={f"video.{key}": value})
 
 
 def test_single_crop_is_the_centre_crop():

@@ -102,7 +102,9 @@ def select_namespace(cache_dir: Path, prefix: str = "", config=None,
 
 def load_pairs(ns: Namespace, *, keep_clips: bool = False) -> PairSet:
     """All usable pairs of `ns`: both modalities present, finite, sorted by key."""
-    feats: Features = ns.load()
+    # Pool per shard while reading unless the clips are needed (attention pooling): memory then
+    # grows with items × dim, not items × clips × dim.
+    feats: Features = ns.load(pool=None if keep_clips else mean_pool)
     if len(feats) == 0:
         raise PairsError(f"cache namespace {ns.fingerprint[:16]} ({ns.root}) holds no items; "
                          "run `cli.py extract` into it first")
@@ -117,8 +119,8 @@ def load_pairs(ns: Namespace, *, keep_clips: bool = False) -> PairSet:
     order = np.flatnonzero(usable)
     order = order[np.argsort(keys[order], kind="stable")]
     feats = feats.subset(order)
-    video = mean_pool(feats.video)
-    audio = mean_pool(feats.audio)
+    video = mean_pool(feats.video) if keep_clips else feats.video
+    audio = mean_pool(feats.audio) if keep_clips else feats.audio
     for name, pooled in (("video", video), ("audio", audio)):
         bad = ~np.isfinite(pooled).all(axis=1)
         if bad.any():

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from mvbind.errors import MvbindError
-from mvbind.pipeline.config.loader import Config
+from mvbind.pipeline.config import Config
 from mvbind.pipeline.console import say
 
 RUN_MARKERS = ("config.json", "metrics.jsonl", "final_metrics.json")

@@ -16,7 +16,7 @@ from mvbind.pipeline.binding.metrics import summarize
 from mvbind.pipeline.binding.pairs import PairSet
 from mvbind.pipeline.binding.projector import BindingModel
 from mvbind.pipeline.binding.splits import Split, assign_splits
-from mvbind.pipeline.config.loader import Config
+from mvbind.pipeline.config import Config
 
 
 # -- shared with evaluation ---------------------------------------------------------------

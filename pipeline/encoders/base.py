@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mvbind.errors import MvbindError, NoStreamError
-from mvbind.pipeline.config.loader import Config, expand_path, mvbind_home
+from mvbind.pipeline.config import Config, expand_path, mvbind_home
 
 SCHEMA = 1  # bump when the meaning of stored embeddings changes
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mvbind.pipeline.config.loader import Config, expand_path
+from mvbind.pipeline.config import Config, expand_path
 from mvbind.pipeline.library.store import SUFFIX, LibraryError
 
 

@@ -16,7 +16,7 @@ from mvbind.pipeline.binding.checkpoint import load_checkpoint
 from mvbind.pipeline.binding.pooling import mean_pool
 from mvbind.pipeline.binding.projector import BindingModel, ProjectorSpec
 from mvbind.pipeline.binding.runs import RunError, find_run
-from mvbind.pipeline.config.loader import Config
+from mvbind.pipeline.config import Config
 from mvbind.pipeline.library.store import LibraryError
 
 

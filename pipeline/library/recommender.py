@@ -23,7 +23,7 @@ import numpy as np
 
 from mvbind.cache import FeatureCache, Row, content_key, fingerprint
 from mvbind.errors import MvbindError, open_reason
-from mvbind.pipeline.config.loader import Config
+from mvbind.pipeline.config import Config
 from mvbind.pipeline.console import say
 from mvbind.pipeline.encoders.base import extractor_settings, make_embedder, make_preparer
 from mvbind.pipeline.library.locate import resolve_library

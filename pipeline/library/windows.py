@@ -26,7 +26,7 @@ import torch
 
 from mvbind.cache import fingerprint
 from mvbind.errors import MvbindError
-from mvbind.pipeline.config.loader import Config
+from mvbind.pipeline.config import Config
 
 WINDOW_VERSION = 1  # bump when the window layout or per-window computation changes
 
@@ -148,7 +148,7 @@ class WindowPreparer:
 
 def make_window_preparer(config: Config, layout: WindowLayout | None = None) -> WindowPreparer:
     if config.encoder.name == "signal":
-        from mvbind.pipeline.encoders.signal.features import check_settings
+        from mvbind.pipeline.config.validate import check_settings
 
         check_settings(config.signal)
     return WindowPreparer(config, layout or WindowLayout.from_config(config))

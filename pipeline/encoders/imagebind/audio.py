@@ -26,25 +26,10 @@ import torch
 from torch import Tensor
 
 from mvbind.errors import MediaError, NoStreamError, reason
+from mvbind.pipeline.config.schema import AudioSettings
 from mvbind.pipeline.encoders.imagebind.fbank import melspec
 from mvbind.pipeline.encoders.imagebind.resample import resample_span, resampled_length
 from mvbind.pipeline.media.sampler import clip_spans
-
-
-@dataclass(frozen=True)
-class AudioSettings:
-    """Every constant that changes the audio input (plain types: part of the cache fingerprint)."""
-
-    sample_rate: int = 16000
-    clip_duration: float = 2.0
-    clips_per_video: int = 3
-    num_mel_bins: int = 128
-    target_length: int = 204
-    mean: float = -4.268
-    std: float = 9.138
-    frame_length_ms: float = 25.0
-    frame_shift_ms: float = 10.0
-    reference_overlap_quirk: bool = True
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from mvbind.errors import MediaError, NoStreamError, reason
+from mvbind.pipeline.config.schema import VideoSettings
 from mvbind.pipeline.media.borders import Box, crop, detect_content_box
 from mvbind.pipeline.media.sampler import clip_spans
 
@@ -41,31 +42,6 @@ from mvbind.pipeline.media.sampler import clip_spans
 _SKIP_NONREF_CODECS = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4", "vp8", "vp9"})
 
 
-@dataclass(frozen=True)
-class VideoSettings:
-    """Every constant that changes the vision input (goes into the extractor fingerprint)."""
-
-    clip_duration: float = 2.0
-    clips_per_video: int = 5
-    frames_per_clip: int = 2
-    size: int = 224
-    crops: int = 3
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-    remove_borders: bool = True
-    border_probe_frames: int = 10  # at least this many frames (clip frames first) for detection
-    border_threshold: int = 16  # grey level above which a pixel is content
-    border_noise_frac: float = 0.005  # a row/column is content above this fraction of content pixels
-    border_blank_spread: int = 12  # frames with a narrower grey histogram (p99 - p1) are skipped
-    border_max_std: float = 6.0  # a border strip must be this flat (grey std) to be cropped
-    border_min_px: int = 3  # thinner borders are ignored
-    border_min_content: float = 0.2  # a smaller content box (fraction of a side) keeps the full frame
-
-    def __post_init__(self) -> None:
-        if self.crops not in (1, 3):
-            raise ValueError(f"crops must be 1 or 3, got {self.crops}")
-        if self.clips_per_video < 1 or self.frames_per_clip < 1 or self.size < 1:
-            raise ValueError("clips_per_video, frames_per_clip and size must be positive")
 
 
 @dataclass(frozen=True)

@@ -44,38 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mvbind.errors import ConfigError, MediaError, MvbindError, NoStreamError, reason
+from mvbind.errors import MediaError, MvbindError, NoStreamError, reason
+from mvbind.pipeline.config.schema import SignalSettings
+from mvbind.pipeline.config.validate import check_settings
 from mvbind.pipeline.media.sampler import clip_spans
-
-FEATURE_VERSION = 1  # bump when any computation below changes the values
-
-
-@dataclass(frozen=True)
-class SignalSettings:
-    """The ``[signal]`` section: every constant that changes a feature (part of the fingerprint)."""
-
-    version: int = FEATURE_VERSION  # feature-code version (changes invalidate cached features)
-    # audio
-    sample_rate: int = 22050  # analysis rate (Hz); mono mixdown resampled to it
-    n_fft: int = 2048  # STFT window (samples)
-    hop_length: int = 512  # STFT hop (samples): ~23 ms frames
-    n_mels: int = 128  # mel bands for the onset envelope and MFCC
-    n_mfcc: int = 13  # MFCC coefficients (means and standard deviations of each)
-    contrast_bands: int = 6  # spectral-contrast octave bands (gives contrast_bands + 1 values)
-    contrast_fmin: float = 200.0  # lowest contrast band edge (Hz)
-    tempo_window: float = 6.0  # seconds of context centred on each clip for tempo and beats
-    min_tempo_window: float = 1.5  # shorter audio has no tempo (tempo feature 0, tempo_known 0)
-    # video
-    frames_per_second: float = 8.0  # frames sampled per clip second (motion, cuts, colour)
-    frame_size: int = 160  # long side of the analysis frames (px); smaller videos are not upscaled
-    flow_size: int = 96  # long side of the grey frames optical flow runs on (px)
-    hue_bins: int = 8  # hue histogram bins (bin 0 centred on red)
-    colour_min_saturation: float = 0.2  # a pixel counts for the hue histogram above this S...
-    colour_min_value: float = 0.15  # ...and this V (both in [0, 1])
-    cut_threshold: float = 0.4  # HSV-histogram total-variation distance counted as a cut
-    remove_borders: bool = True  # crop letterbox/pillarbox bars (dark in >= 99% of sampled frames' pixels)
-    border_threshold: int = 24  # grey level (0-255) at or below which a border pixel counts as dark
-
 
 # ---------------------------------------------------------------------------------------------
 # Feature names and their fixed standardisation: value = (transform(raw) - centre) / scale
@@ -154,29 +126,6 @@ def _standardise(raw: np.ndarray, spec: list[tuple[str, float, float]]) -> np.nd
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
-def check_settings(s: SignalSettings) -> None:
-    """Range checks; each error names the key."""
-
-    def need(ok: bool, key: str, message: str) -> None:
-        if not ok:
-            raise ConfigError(f"setting signal.{key}: {message}")
-
-    need(s.version == FEATURE_VERSION, "version",
-         f"this code computes feature version {FEATURE_VERSION}, got {s.version}")
-    need(s.sample_rate >= 8000, "sample_rate", f"must be >= 8000, got {s.sample_rate}")
-    need(s.n_fft >= 64 and s.hop_length >= 1 and s.hop_length <= s.n_fft, "n_fft/hop_length",
-         "need n_fft >= 64 and 1 <= hop_length <= n_fft")
-    need(1 <= s.n_mfcc <= s.n_mels, "n_mfcc", f"must be in [1, n_mels={s.n_mels}], got {s.n_mfcc}")
-    need(s.contrast_bands >= 1 and s.contrast_fmin > 0
-         and s.contrast_fmin * 2 ** (s.contrast_bands - 1) < s.sample_rate / 2, "contrast_bands/contrast_fmin",
-         "the top contrast band must start below the Nyquist frequency")
-    need(s.tempo_window > 0 and s.min_tempo_window >= 0, "tempo_window", "must be > 0")
-    need(s.frames_per_second > 0, "frames_per_second", f"must be > 0, got {s.frames_per_second}")
-    need(s.frame_size >= 16, "frame_size", f"must be >= 16, got {s.frame_size}")
-    need(16 <= s.flow_size <= s.frame_size, "flow_size", f"must be in [16, frame_size], got {s.flow_size}")
-    need(1 <= s.hue_bins <= 180, "hue_bins", f"must be in [1, 180], got {s.hue_bins}")
-    need(0 < s.cut_threshold <= 1, "cut_threshold", f"must be in (0, 1], got {s.cut_threshold}")
-    need(0 <= s.border_threshold < 255, "border_threshold", f"must be in [0, 255), got {s.border_threshold}")
 
 
 # ---------------------------------------------------------------------------------------------
