@@ -1,1 +1,1 @@
-"""The pipeline's stages: each is a plain function (callable from tests and notebooks) plus its click command."""
+"""The stages: one plain function per command (orchestration only; callable from tests and notebooks)."""

@@ -19,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
-
 from mvbind.pipeline.config import Config
 
 CAVEAT = ("The demo's music is generated and its visuals are rendered to follow it, so these numbers show that the "
@@ -68,7 +66,7 @@ def demo_config(workdir: Path, *, workers: int = 2, batch_size: int = 32) -> Con
 def run_demo(workdir: str | Path, *, videos: int = 300, library_tracks: int = 20, seed: int = 0, workers: int = 2,
              held_out: int = 3, k: int = 5, video_seconds: tuple[float, float] = (6.0, 12.0),
              track_seconds: tuple[float, float] = (15.0, 30.0), batch_size: int = 32, progress: bool = True,
-             notify: Callable[[str], None] = click.echo) -> DemoResult:
+             notify: Callable[[str], None] = print) -> DemoResult:
     from mvbind.stages.demo_data import demo_data
     from mvbind.stages.evaluate import evaluate
     from mvbind.stages.extract import extract

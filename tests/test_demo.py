@@ -1,6 +1,9 @@
 """The whole offline demo path on a tiny collection: demo-data → extract → train → eval → index → recommend."""
 
+import contextlib
+import io
 import json
+import re
 from pathlib import Path
 
 from mvbind.stages.demo import run_demo
@@ -44,3 +47,16 @@ def test_demo_runs_end_to_end_on_a_tiny_collection(tmp_path, one_thread):
     assert "== demo-data ==" not in again and "== demo-data ==" in text
     assert stamps(data) == media_before  # no video, track, manifest or demo.json written again
     assert sorted(str(p.relative_to(cache)) for p in cache.glob("*/shards/*")) == shards_before  # nor a shard
+
+    # The README's notebook example runs as printed, against this demo (relative paths: from its parent).
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- notebook-example[^>]*-->\s*```python\n(.*?)```", readme, re.S)
+    assert block, "README lost its notebook example"
+    code = block.group(1)
+    assert len(code.strip().splitlines()) <= 6
+    out = io.StringIO()
+    with contextlib.chdir(tmp_path), contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})
+    table = out.getvalue()
+    assert "v0001.mp4" in table and "rank" in table and len(table.splitlines()) >= 6
+    assert sorted(str(p.relative_to(cache)) for p in cache.glob("*/shards/*")) == shards_before  # cached: no write

@@ -18,14 +18,19 @@ def library_path(config: Config, out: str | Path | None, name: str | None, sourc
         stem = src.resolve().parent.name
     return base / f"{name or stem or 'library'}{SUFFIX}"
 
+
 def resolve_library(config: Config, value: str | Path) -> Path:
-    """A library file path, or a name in library.dir."""
+    """A name in library.dir (NAME.mvlib.h5), else a library file path.
+
+    A name wins over a same-named file or folder in the working directory; a folder is never a
+    library, so an existing folder called like the library is skipped rather than opened.
+    """
     path = Path(value)
-    if path.exists():
-        return path
     base = expand_path(config.library.dir)
-    for candidate in (base / f"{value}{SUFFIX}", base / str(value)):
-        if candidate.exists():
+    for candidate in (base / f"{value}{SUFFIX}", base / str(value), path):
+        if candidate.is_file():
             return candidate
+    if path.exists():
+        return path  # let the reader say what is wrong with it (a folder, not a library file, ...)
     raise LibraryError(f"library {str(value)!r} not found (no file {path}, none named {value}{SUFFIX} in {base}); "
                        "build it with `cli.py index MUSIC_FOLDER --name NAME`")
