@@ -75,6 +75,8 @@ def run_demo(workdir: str | Path, *, videos: int = 300, library_tracks: int = 20
     from mvbind.stages.train import train
 
     workdir = Path(workdir).resolve()
+    # A small collection (a quick try, a test) gets batches its train split (~60 %) can fill twice.
+    batch_size = max(2, min(batch_size, int(0.6 * videos) // 2))
     config = demo_config(workdir, workers=workers, batch_size=batch_size)
     seconds: dict[str, float] = {}
 

@@ -1,16 +1,16 @@
-"""Synthetic media made with real ffmpeg (no shell): test inputs and the quickstart sample."""
+"""Synthetic media made with real ffmpeg (no shell) for tests and benchmarks."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-from mvbind.pipeline.media.ffmpeg import ffmpeg_exe
+from mvbind.pipeline.media.audio import write_wav
+from mvbind.pipeline.media.ffmpeg import run_ffmpeg as _run
 
 
 def run_ffmpeg(*args: str, timeout: float = 600.0) -> None:
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args]
-    subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, timeout=timeout)
+    """The product's ffmpeg runner with test-friendly positional arguments."""
+    _run(list(args), what=args[-1] if args else "", timeout=timeout)
 
 
 def make_video(
@@ -62,21 +62,6 @@ def make_video(
     return path
 
 
-def write_wav(path: Path, x, sr: int) -> Path:
-    """Mono 16-bit PCM WAV of float samples in [-1, 1] (clipped)."""
-    import wave
-
-    import numpy as np
-
-    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(pcm.tobytes())
-    return Path(path)
-
-
 def write_samples(folder: Path) -> list[Path]:
     """A handful of short vertical videos for the quickstart (one letterboxed, one silent)."""
     folder = Path(folder)
@@ -95,3 +80,6 @@ if __name__ == "__main__":
 
     made = write_samples(Path(sys.argv[1] if len(sys.argv) > 1 else "demo/videos"))
     print(f"wrote {len(made)} sample video(s)")
+
+
+__all__ = ["make_video", "run_ffmpeg", "write_samples", "write_wav"]

@@ -26,10 +26,10 @@ from click.testing import CliRunner
 from mvbind.cli import cli
 from mvbind.errors import MvbindError
 from mvbind.pipeline.config import load_config
-from mvbind.pipeline.encoders.imagebind.audio import decode_audio
 from mvbind.pipeline.encoders.imagebind.resample import resample
 from mvbind.pipeline.library.projector import Projector, check_compatible
 from mvbind.pipeline.library.store import LibraryError, read_header
+from mvbind.pipeline.media.audio import decode_audio
 from mvbind.stages.extract import extract
 from mvbind.stages.index import index
 from mvbind.stages.recommend import recommend

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from mvbind.pipeline.encoders.imagebind.audio import decode_audio
 from mvbind.pipeline.encoders.imagebind.resample import resample, resample_span, resampled_length
+from mvbind.pipeline.media.audio import decode_audio
 from tests import ref_resample
 from tests.media import FIXTURES
 

@@ -21,15 +21,10 @@ import torch.nn.functional as F
 
 from mvbind.errors import ConfigError, MediaError, NoStreamError
 from mvbind.pipeline.config import load_config
-from mvbind.pipeline.encoders.imagebind.vision import (
-    VideoSettings,
-    _Decoder,
-    _resize,
-    clip_plan,
-    read_frames,
-    video_inputs,
-)
+from mvbind.pipeline.config.schema import VideoSettings
+from mvbind.pipeline.encoders.imagebind.vision import _resize, clip_plan, video_inputs
 from mvbind.pipeline.media.ffmpeg import ffmpeg_exe
+from mvbind.pipeline.media.video import _Decoder, read_frames
 from tests.media import FIXTURES, make_video
 from tests.ref_video import bilinear_tolerance, ffmpeg_frames, ffmpeg_reported_fps, upstream_frame_indices
 

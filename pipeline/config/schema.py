@@ -80,7 +80,7 @@ class VideoSettings:
 
 
 
-FEATURE_VERSION = 1  # bump when any computation below changes the values
+FEATURE_VERSION = 2  # the signal encoder's: bump when its computation changes the values (2: shared decoder)
 
 @dataclass(frozen=True)
 class SignalSettings:

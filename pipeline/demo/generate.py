@@ -43,16 +43,15 @@ import colorsys
 import functools
 import math
 import os
-import subprocess
 import tempfile
-import wave
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mvbind.errors import MvbindError
-from mvbind.pipeline.media.ffmpeg import ffmpeg_exe
+from mvbind.errors import MediaError, MvbindError
+from mvbind.pipeline.media.audio import write_wav
+from mvbind.pipeline.media.ffmpeg import run_ffmpeg
 
 SAMPLE_RATE = 22050
 FPS = 15
@@ -608,13 +607,6 @@ def video_audio(track: TrackSpec, video: VideoSpec) -> np.ndarray:
     return x * env
 
 
-def write_wav(path: Path, pcm: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(pcm.tobytes())
-
 
 # --------------------------------------------------------------------------------------------
 # Video rendering
@@ -813,13 +805,10 @@ def _ffmpeg(args: list[str], path: Path, data: bytes | None = None) -> None:
     thread count from the CPUs the process may use, and its output bytes depend on it.
     """
     *head, out = args
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-threads", "1", *head,
-           "-threads", "1", out]
-    proc = subprocess.run(cmd, input=data, stdin=None if data is not None else subprocess.DEVNULL,
-                          capture_output=True)
-    if proc.returncode != 0:
-        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise DemoError(f"{path}: ffmpeg failed ({tail[-1] if tail else f'exit {proc.returncode}'})")
+    try:
+        run_ffmpeg(["-threads", "1", *head, "-threads", "1", out], what=path, data=data)
+    except MediaError as err:
+        raise DemoError(str(err)) from None
 
 
 def _part(path: Path) -> Path:
@@ -850,7 +839,7 @@ def write_video_file(track: TrackSpec, video: VideoSpec, path: Path) -> Path:
     fd, wav = tempfile.mkstemp(suffix=".wav", prefix="mvbind-demo-")
     os.close(fd)
     try:
-        write_wav(Path(wav), pcm)
+        write_wav(Path(wav), pcm, SAMPLE_RATE)
         _ffmpeg(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{video.width}x{video.height}",
                  "-r", str(FPS), "-i", "pipe:0", "-i", wav, "-map", "0:v", "-map", "1:a",
                  "-c:v", "libx264", "-preset", "veryfast", "-crf", "26", "-pix_fmt", "yuv420p", "-g", str(2 * FPS),

@@ -136,7 +136,7 @@ class WindowPreparer:
                 feats = window_features(mono, self.signal_settings, starts=starts, clip_duration=self.layout.length)
                 audio = torch.from_numpy(feats.features)
             else:
-                from mvbind.pipeline.encoders.imagebind.audio import decode_audio
+                from mvbind.pipeline.media.audio import decode_audio
 
                 waveform, rate = decode_audio(path)
                 audio, starts, duration = imagebind_windows(waveform, rate, self.audio_settings, self.layout)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from mvbind.errors import MvbindError
+from mvbind.errors import MediaError, MvbindError
 from mvbind.pipeline.console import say
-from mvbind.pipeline.media.ffmpeg import ffmpeg_exe
+from mvbind.pipeline.media.ffmpeg import run_ffmpeg
 
 AUDIO_CODECS = {".webm": "libopus", ".ogv": "libvorbis", ".ogg": "libvorbis", ".avi": "libmp3lame"}  # else aac
 
@@ -50,12 +49,11 @@ def write_preview(video: Path, track: Path, start: float, out_dir: Path, *, dura
         args += ["-map", "0:v:0", "-map", "1:a:0"]
     args += ["-c:v", "copy", "-c:a", AUDIO_CODECS.get(ext, "aac"), "-t", f"{duration:.3f}"]
     tmp = out_dir / f".tmp-{uuid.uuid4().hex[:8]}-{name}"
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-nostdin", *args, str(tmp)]
     try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            why = " ".join((proc.stderr or "").split())[-200:] or f"exit code {proc.returncode}"
-            raise MvbindError(f"{out}: ffmpeg could not write the preview ({why})")
+        try:
+            run_ffmpeg([*args, str(tmp)], what=out)
+        except MediaError as err:
+            raise MvbindError(str(err).replace("ffmpeg failed", "ffmpeg could not write the preview")) from None
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -35,7 +35,6 @@ grey frames, between consecutive samples that are not a cut).
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import math
 import os
@@ -44,10 +43,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mvbind.errors import MediaError, MvbindError, NoStreamError, reason
+from mvbind.errors import MediaError, MvbindError
 from mvbind.pipeline.config.schema import SignalSettings
 from mvbind.pipeline.config.validate import check_settings
+from mvbind.pipeline.media.borders import crop, detect_content_box
 from mvbind.pipeline.media.sampler import clip_spans
+from mvbind.pipeline.media.video import decode_video
 
 # ---------------------------------------------------------------------------------------------
 # Feature names and their fixed standardisation: value = (transform(raw) - centre) / scale
@@ -150,7 +151,7 @@ def decode_mono(path: str | os.PathLike[str], settings: SignalSettings = SignalS
     """The mono mixdown of `path`'s audio at ``settings.sample_rate`` (float32), as the features see it."""
     import librosa
 
-    from mvbind.pipeline.encoders.imagebind.audio import decode_audio
+    from mvbind.pipeline.media.audio import decode_audio
 
     waveform, rate = decode_audio(path)
     channels = waveform.numpy()
@@ -322,49 +323,33 @@ class VideoFeatures:
 
 def video_features(path: str | os.PathLike[str], settings: SignalSettings = SignalSettings(), *,
                    clip_duration: float = 2.0, clips_per_video: int = 5) -> VideoFeatures:
-    """Per-clip video features of `path`. Raises NoStreamError / MediaError with a one-line reason."""
-    import av
+    """Per-clip video features of `path`. Raises NoStreamError / MediaError with a one-line reason.
 
-    try:
-        sampled = _sample_frames(Path(path), settings, clip_duration, clips_per_video)
-    except MvbindError:
-        raise
-    except av.FFmpegError as err:
-        raise MediaError(reason(err)) from err
-    except (OSError, EOFError) as err:
-        raise MediaError(reason(err)) from err
-    count, fps, spans, plan, frames = sampled
+    Frames come from the one selective decoder (`mvbind.pipeline.media.video`), downscaled to
+    `frame_size`; letterbox/pillarbox bars are found by the one border detector
+    (`mvbind.pipeline.media.borders`) with `border_threshold` as its content threshold.
+    """
+    chosen: dict[str, list] = {}
+
+    def choose(count: int, fps: float) -> list[int]:
+        spans = clip_spans(count / fps, clip_duration, clips_per_video)
+        plan = [clip_samples(a, b, fps, count, settings.frames_per_second) for a, b in spans]
+        chosen.update(spans=spans, plan=plan)
+        return [i for p in plan for i in p]
+
+    video = decode_video(Path(path), choose, threads=1, max_side=settings.frame_size)
+    frames, fps, spans, plan = video.frames, video.fps, chosen["spans"], chosen["plan"]
     if settings.remove_borders:
-        y0, y1, x0, x1 = content_box(list(frames.values()), settings.border_threshold)
-        frames = {i: f[y0:y1, x0:x1] for i, f in frames.items()}
+        box = detect_content_box(list(frames.values()), threshold=settings.border_threshold)
+        frames = {i: crop(f, box) for i, f in frames.items()}
     spec = _video_spec(settings)
     rows = []
     for samples in plan:
         clip = [frames[i] for i in samples]
         dts = [(b - a) / fps for a, b in zip(samples, samples[1:])]
         rows.append(_standardise(_clip_video_raw(clip, dts, settings), spec))
-    return VideoFeatures(np.stack(rows), count / fps, fps, count,
+    return VideoFeatures(np.stack(rows), video.count / fps, fps, video.count,
                          [(float(a), float(b)) for a, b in spans], [list(p) for p in plan])
-
-
-def content_box(frames: list[np.ndarray], threshold: int = 24,
-                min_content: float = 0.2) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) inside the dark bars at the edges of RGB `frames` (one box per video).
-
-    An edge row/column is a bar while at most 1% of its pixels over all the frames are brighter
-    than `threshold`; a box smaller than `min_content` of a side keeps the full frame (dark scenes).
-    """
-    height, width = frames[0].shape[:2]
-    bright = np.stack([f.max(axis=2) for f in frames]) > threshold  # any channel: coloured content counts
-    rows = bright.mean(axis=(0, 2)) > 0.01
-    cols = bright.mean(axis=(0, 1)) > 0.01
-    if not rows.any() or not cols.any():
-        return 0, height, 0, width
-    y0, y1 = int(np.argmax(rows)), height - int(np.argmax(rows[::-1]))
-    x0, x1 = int(np.argmax(cols)), width - int(np.argmax(cols[::-1]))
-    if y1 - y0 < min_content * height or x1 - x0 < min_content * width:
-        return 0, height, 0, width
-    return y0, y1, x0, x1
 
 
 def clip_samples(start: float, end: float, fps: float, count: int, per_second: float) -> list[int]:
@@ -387,198 +372,6 @@ def clip_samples(start: float, end: float, fps: float, count: int, per_second: f
     if picks[-1] != stop - 1:
         picks.append(stop - 1)
     return picks
-
-
-def _sample_frames(path: Path, s: SignalSettings, clip_duration: float, clips: int):
-    import av
-
-    if not path.is_file():
-        raise MediaError("file not found" if not path.exists() else "not a regular file")
-    if path.stat().st_size == 0:
-        raise MediaError("empty file (0 bytes)")
-    try:
-        container = av.open(str(path), mode="r")
-    except av.FFmpegError as err:
-        raise MediaError(f"cannot open: {reason(err)}") from err
-    with container:
-        stream = _video_stream(container)
-        pts, keys = _packet_index(container, stream)
-        count = len(pts)
-        fps = _average_fps(stream, pts)
-        spans = clip_spans(count / fps, clip_duration, clips)
-        plan = [clip_samples(a, b, fps, count, s.frames_per_second) for a, b in spans]
-        wanted = sorted({i for p in plan for i in p})
-        scaler = _Scaler(s.frame_size)
-        frames: dict[int, np.ndarray] = {}
-        usable = None not in pts and len(set(pts)) == len(pts)
-        if usable:
-            try:
-                _decode_by_pts(container, stream, sorted(pts), sorted(keys), wanted, scaler, frames)
-            except _FallBack:
-                frames.clear()
-    missing = [i for i in wanted if i not in frames]
-    if missing:
-        _decode_sequential(path, missing, scaler, frames)
-    _fill_gaps(wanted, frames)
-    return count, fps, spans, plan, frames
-
-
-class _Scaler:
-    """av.VideoFrame -> small uint8 RGB (long side `size`, never upscaled), one size per file."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.shape: tuple[int, int] | None = None
-
-    def __call__(self, frame) -> np.ndarray:
-        if self.shape is None:
-            w, h = frame.width, frame.height
-            scale = min(1.0, self.size / max(w, h))
-            self.shape = (max(8, int(round(w * scale))), max(8, int(round(h * scale))))
-        w, h = self.shape
-        small = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA")
-        return np.ascontiguousarray(small.to_ndarray())
-
-
-class _FallBack(Exception):
-    """Timestamps cannot be trusted for this file: decode sequentially."""
-
-
-def _video_stream(container):
-    import av
-
-    for stream in container.streams.video:
-        if not stream.disposition & av.stream.Disposition.attached_pic:
-            stream.thread_type = "AUTO"
-            stream.thread_count = 1  # one core per file: workers parallelise across files
-            return stream
-    raise NoStreamError("no video stream")
-
-
-def _packet_index(container, stream) -> tuple[list, list[int]]:
-    """Video packets' pts in demux order (decord's frame index once sorted) and keyframe pts."""
-    import av
-
-    pts: list[int | None] = []
-    keys: list[int] = []
-    try:
-        for packet in container.demux(stream):
-            if packet.size == 0 and packet.pts is None and packet.dts is None:
-                continue  # end-of-stream flush marker
-            pts.append(packet.pts)
-            if packet.is_keyframe and packet.pts is not None:
-                keys.append(packet.pts)
-    except av.FFmpegError:
-        pass  # damaged tail: keep what was read
-    if not pts:
-        raise MediaError("no video frames")
-    return pts, keys
-
-
-def _average_fps(stream, pts: list) -> float:
-    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
-        if rate and rate > 0:
-            return float(rate)
-    known = sorted(p for p in pts if p is not None)
-    if len(known) > 1 and stream.time_base:
-        span = float((known[-1] - known[0]) * stream.time_base)
-        if span > 0:
-            return (len(known) - 1) / span
-    return 1.0
-
-
-def _decode_by_pts(container, stream, pts: list[int], keys: list[int], wanted: list[int],
-                   scaler: _Scaler, out: dict[int, np.ndarray]) -> None:
-    """Decode the wanted frame numbers, seeking to a keyframe wherever one lies between two of them."""
-    import av
-
-    targets = {pts[i]: i for i in wanted}
-    groups: list[list[int]] = []
-    for i in wanted:
-        key = _keyframe_before(keys, pts[i])
-        if groups and (key is None or key <= pts[groups[-1][-1]]):
-            groups[-1].append(i)  # no keyframe since the previous wanted frame: decode on
-        else:
-            groups.append([i])
-    ctx = stream.codec_context
-    skip = ctx.name in _SKIP_NONREF_CODECS
-    try:
-        for group in groups:
-            first, last = pts[group[0]], pts[group[-1]]
-            key = _keyframe_before(keys, first)
-            container.seek(key if key is not None else pts[0], stream=stream, backward=True, any_frame=False)
-            fresh, done = True, False
-            for packet in container.demux(stream):
-                if packet.size == 0 and (packet.pts is not None or packet.dts is not None):
-                    continue  # an empty (dropped-frame) packet would end the stream for the decoder
-                if skip:
-                    ctx.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in targets else "NONREF"
-                try:
-                    decoded = ctx.decode(packet)
-                except av.FFmpegError:
-                    continue  # a damaged packet: conceal by going on
-                for frame in decoded:
-                    if frame.pts is None or (fresh and frame.pts > first):
-                        raise _FallBack  # no timestamps, or the seek landed after the frame we want
-                    fresh = False
-                    hit = targets.get(frame.pts)
-                    if hit is not None and hit not in out:
-                        out[hit] = scaler(frame)
-                    if frame.pts >= last:
-                        done = True
-                        break
-                if done:
-                    break
-    finally:
-        ctx.skip_frame = "DEFAULT"
-
-
-def _keyframe_before(keys: list[int], pts: int) -> int | None:
-    i = bisect.bisect_right(keys, pts)
-    return keys[i - 1] if i else None
-
-
-def _decode_sequential(path: Path, wanted: list[int], scaler: _Scaler, out: dict[int, np.ndarray]) -> None:
-    """Decode from the start and count pictures (for unusable timestamps)."""
-    import av
-
-    want = set(wanted)
-    last = max(wanted)
-    count = 0
-    with av.open(str(path), mode="r") as container:
-        stream = _video_stream(container)
-        ctx = stream.codec_context
-        try:
-            for packet in container.demux(stream):
-                if packet.size == 0 and (packet.pts is not None or packet.dts is not None):
-                    continue
-                try:
-                    decoded = ctx.decode(packet)
-                except av.FFmpegError:
-                    continue
-                for frame in decoded:
-                    if count in want:
-                        out[count] = scaler(frame)
-                    count += 1
-                if count > last:
-                    break
-        except av.FFmpegError:
-            pass  # damaged tail
-
-
-def _fill_gaps(wanted: list[int], frames: dict[int, np.ndarray]) -> None:
-    """A wanted frame that gave no picture takes the nearest earlier decoded one (else the next)."""
-    have = sorted(frames)
-    if not have:
-        raise MediaError("no decodable video frames")
-    for i in wanted:
-        if i not in frames:
-            j = bisect.bisect_right(have, i)
-            frames[i] = frames[have[j - 1]] if j else frames[have[0]]
-
-
-# ---------------------------------------------------------------------------------------------
-# Video: per-clip statistics
 
 
 def _clip_video_raw(clip: list[np.ndarray], dts: list[float], s: SignalSettings) -> np.ndarray:
