@@ -13,8 +13,14 @@ only per-window ranking with the right window offsets can point at it), and rank
 for nearly every video (ranking depends on how well eight pairs were learnt; the start does not).
 """
 
+import contextlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -294,3 +300,50 @@ def test_truncated_newer_and_foreign_libraries_are_refused_in_one_line(tiny, pla
     zero = Projector("zero-shot", {"kind": "zero-shot", "space": "raw", "dim": 32}, run_header["encoder_fingerprint"])
     with pytest.raises(LibraryError, match="built with run run's audio head; pass --run run"):
         check_compatible(planted["library"], run_header, zero)
+
+
+def test_two_recommends_run_while_an_extract_holds_the_cache(tiny, tmp_path):
+    # An extract job into the same namespace, stuck for good on a named pipe (a file on a hung mount)
+    # after committing the videos before it: it holds its partition lock the whole time. Two recommend
+    # processes at once, one for a video that extract already cached and one for a new video: both
+    # must succeed (no extract lock is taken), and the extract job must still be running.
+    root, opts = tiny["root"], tiny["opts"]
+    stalled = tmp_path / "stalled.mp4"
+    os.mkfifo(stalled)
+    cached = tiny["videos"] / "dance.mp4"
+    fresh = make_video(tmp_path / "fresh.mp4", duration=3.0, freq=610, source="rgbtestsrc")
+    manifest = tmp_path / "videos.csv"
+    manifest.write_text(f"path\n{cached}\n{stalled}\n")
+    cache_dir = root / "cache"
+    before = set(cache_dir.glob("*/shards/*.h5"))
+    cmd = [sys.executable, "-m", "mvbind"]
+    log = tmp_path / "extract.log"
+    with open(log, "wb") as err:
+        extract_job = subprocess.Popen([*cmd, "extract", str(manifest), *opts[:6], "--batch-size", "1",
+                                        "--set", "extract.shard_size=1", *opts[7:]],
+                                       stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while set(cache_dir.glob("*/shards/*.h5")) == before and extract_job.poll() is None:
+            assert time.monotonic() < deadline, "extract committed nothing within 120 s"
+            time.sleep(0.02)
+        assert extract_job.poll() is None, log.read_text()[-2000:]
+        locks = list(cache_dir.glob("*/locks/*.lock"))
+        assert locks, "the extract job holds a partition lock"
+        recs = [subprocess.Popen([*cmd, "recommend", str(video), "--library", "songs", "-k", "2", "--json", *opts],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for video in (cached, fresh)]
+        outs = [p.communicate(timeout=300) for p in recs]
+        for p, (_, err) in zip(recs, outs):
+            assert p.returncode == 0, err[-2000:]
+        reports = [json.loads(out) for out, _ in outs]
+        assert [Path(r["videos"][0]["video"]).name for r in reports] == ["dance.mp4", "fresh.mp4"]
+        assert all(len(r["videos"][0]["results"]) == 2 for r in reports)
+        assert extract_job.poll() is None, "the extract job is still working (stuck on the pipe)"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(extract_job.pid, signal.SIGKILL)
+        extract_job.wait()
+    # The fresh video was committed by its recommend as an "online" shard: a second query reads it.
+    online = list(cache_dir.glob("*/shards/online-*.h5"))
+    assert len(online) == 1
