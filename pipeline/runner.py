@@ -24,7 +24,14 @@ from tqdm import tqdm
 from mvbind.cache import FeatureCache, Namespace, Row, content_key, partition_of
 from mvbind.errors import open_reason
 from mvbind.pipeline.config import Config
-from mvbind.pipeline.encoders.base import Prepared, extractor_settings, make_embedder, make_preparer, pick_device
+from mvbind.pipeline.encoders.base import (
+    Prepared,
+    backend,
+    extractor_settings,
+    make_embedder,
+    make_preparer,
+    pick_device,
+)
 from mvbind.pipeline.library.windows import WindowLayout, make_window_preparer, window_settings
 from mvbind.pipeline.media.inputs import VIDEO_EXTENSIONS, InputItem, list_inputs
 
@@ -204,7 +211,7 @@ def run_extraction(
             shuffle=False,
             num_workers=ext.workers,
             prefetch_factor=ext.prefetch if ext.workers else None,
-            pin_memory=config.encoder.name == "imagebind" and pick_device(config.encoder.device).type == "cuda",
+            pin_memory=backend(config).uses_device and pick_device(config.encoder.device).type == "cuda",
             collate_fn=_identity,
             in_order=False,  # a slow file must not hold up the ones behind it
         )
@@ -262,7 +269,7 @@ class _LazyEmbedder:
         from mvbind.pipeline.encoders.base import pick_device
 
         self.config, self.progress = config, progress
-        self.device = pick_device(config.encoder.device) if config.encoder.name == "imagebind" else torch.device("cpu")
+        self.device = pick_device(config.encoder.device) if backend(config).uses_device else torch.device("cpu")
         self._embedder = None
 
     def embed(self, items):

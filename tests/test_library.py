@@ -18,6 +18,7 @@ from mvbind.errors import ConfigError
 from mvbind.pipeline.binding.pooling import mean_pool
 from mvbind.pipeline.config import load_config
 from mvbind.pipeline.encoders.imagebind.audio import AudioSettings, decode_audio, waveform_inputs
+from mvbind.pipeline.encoders.imagebind.encoder import imagebind_windows
 from mvbind.pipeline.encoders.imagebind.model import build_imagebind
 from mvbind.pipeline.library.store import (
     LibraryError,
@@ -29,7 +30,7 @@ from mvbind.pipeline.library.store import (
     track_recall,
     write_library,
 )
-from mvbind.pipeline.library.windows import WindowLayout, imagebind_windows, window_settings
+from mvbind.pipeline.library.windows import WindowLayout, window_settings
 from mvbind.stages.index import index
 from tests import synth
 from tests.media import make_video, run_ffmpeg

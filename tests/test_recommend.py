@@ -310,12 +310,13 @@ def test_two_recommends_run_while_an_extract_holds_the_cache(tiny, tmp_path):
     root, opts = tiny["root"], tiny["opts"]
     stalled = tmp_path / "stalled.mp4"
     os.mkfifo(stalled)
-    cached = tiny["videos"] / "dance.mp4"
+    cached = make_video(tmp_path / "first.mp4", duration=3.0, freq=380, source="testsrc")  # extract commits it
     fresh = make_video(tmp_path / "fresh.mp4", duration=3.0, freq=610, source="rgbtestsrc")
     manifest = tmp_path / "videos.csv"
     manifest.write_text(f"path\n{cached}\n{stalled}\n")
     cache_dir = root / "cache"
     before = set(cache_dir.glob("*/shards/*.h5"))
+    online_before = set(cache_dir.glob("*/shards/online-*.h5"))
     cmd = [sys.executable, "-m", "mvbind"]
     log = tmp_path / "extract.log"
     with open(log, "wb") as err:
@@ -337,7 +338,7 @@ def test_two_recommends_run_while_an_extract_holds_the_cache(tiny, tmp_path):
         for p, (_, err) in zip(recs, outs):
             assert p.returncode == 0, err[-2000:]
         reports = [json.loads(out) for out, _ in outs]
-        assert [Path(r["videos"][0]["video"]).name for r in reports] == ["dance.mp4", "fresh.mp4"]
+        assert [Path(r["videos"][0]["video"]).name for r in reports] == ["first.mp4", "fresh.mp4"]
         assert all(len(r["videos"][0]["results"]) == 2 for r in reports)
         assert extract_job.poll() is None, "the extract job is still working (stuck on the pipe)"
     finally:
@@ -345,5 +346,5 @@ def test_two_recommends_run_while_an_extract_holds_the_cache(tiny, tmp_path):
             os.killpg(extract_job.pid, signal.SIGKILL)
         extract_job.wait()
     # The fresh video was committed by its recommend as an "online" shard: a second query reads it.
-    online = list(cache_dir.glob("*/shards/online-*.h5"))
+    online = set(cache_dir.glob("*/shards/online-*.h5")) - online_before
     assert len(online) == 1

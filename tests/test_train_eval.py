@@ -24,8 +24,9 @@ from tests.planted import write_planted
 
 SMALL_MODEL = ["train.hidden_dim=128", "train.embed_dim=32", "train.batch_size=128", "train.threads=1",
                "train.patience=4", "eval.chunk_mb=16"]
-BLOCKED = ("mvbind.pipeline.encoders", "mvbind.pipeline.encoders.base", "mvbind.pipeline.encoders.imagebind.model",
-           "mvbind.pipeline.encoders.imagebind.weights")
+BLOCKED = ("mvbind.pipeline.encoders.base", "mvbind.pipeline.encoders.imagebind.encoder",
+           "mvbind.pipeline.encoders.imagebind.model", "mvbind.pipeline.encoders.imagebind.weights",
+           "mvbind.pipeline.encoders.signal.encoder")
 
 
 @pytest.fixture(scope="module")

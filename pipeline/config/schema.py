@@ -13,8 +13,6 @@ from pathlib import Path
 
 from mvbind.pipeline.config.paths import expand_path
 
-ENCODERS = ("imagebind", "signal")
-
 ARCHS = ("huge", "small", "tiny")  # pipeline.imagebind presets; only huge has pretrained weights
 
 @dataclass

@@ -11,7 +11,6 @@ import math
 from mvbind.errors import ConfigError
 from mvbind.pipeline.config.schema import (
     ARCHS,
-    ENCODERS,
     EVAL_SPLITS,
     FEATURE_VERSION,
     INDEX_KINDS,
@@ -27,6 +26,7 @@ from mvbind.pipeline.config.schema import (
     SignalSettings,
     TrainConfig,
 )
+from mvbind.pipeline.encoders import encoder_names
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -39,7 +39,8 @@ def validate(config: Config) -> None:
     validate_library(config)
     check_settings(config.signal)
     enc, ext, a, v = config.encoder, config.extract, config.audio, config.video
-    _check(enc.name in ENCODERS, "encoder.name", f"unknown encoder {enc.name!r}; choose one of {', '.join(ENCODERS)}")
+    names = encoder_names()
+    _check(enc.name in names, "encoder.name", f"unknown encoder {enc.name!r}; choose one of {', '.join(names)}")
     _check(enc.arch in ARCHS, "encoder.arch", f"unknown architecture {enc.arch!r}; choose {', '.join(ARCHS)}")
     _check(
         enc.device == "auto" or enc.device == "cpu" or enc.device.startswith("cuda") or enc.device == "mps",

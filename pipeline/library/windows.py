@@ -27,6 +27,7 @@ import torch
 from mvbind.cache import fingerprint
 from mvbind.errors import MvbindError
 from mvbind.pipeline.config import Config
+from mvbind.pipeline.encoders import get_encoder
 
 WINDOW_VERSION = 1  # bump when the window layout or per-window computation changes
 
@@ -73,43 +74,21 @@ def window_settings(config: Config, layout: WindowLayout | None = None, *, downl
             "shapes": {"audio": [1, base["shapes"]["audio"][1]], "video": [1, base["shapes"]["video"][1]]}}
 
 
-def imagebind_windows(waveform: torch.Tensor, sample_rate: int, settings, layout: WindowLayout
-                      ) -> tuple[torch.Tensor, np.ndarray, float]:
-    """ImageBind audio inputs of each window: ((windows, 1, mel, frames), starts, duration)."""
-    from mvbind.errors import MediaError
-    from mvbind.pipeline.encoders.imagebind.audio import waveform_inputs
-    from mvbind.pipeline.encoders.imagebind.resample import resample_span, resampled_length
-
-    if waveform.dim() != 2 or waveform.shape[1] == 0:
-        raise MediaError("audio stream is empty")
-    sr = settings.sample_rate
-    n16 = resampled_length(waveform.shape[1], sample_rate, sr)
-    full = resample_span(waveform, sample_rate, sr, 0, n16)  # whole track once; windows are slices
-    duration = n16 / sr
-    starts = layout.starts(duration)
-    one_clip = dataclasses.replace(settings, clips_per_video=1)
-    width = int(round(layout.length * sr))
-    specs = []
-    for start in starts:
-        a = min(int(round(start * sr)), n16)
-        specs.append(waveform_inputs(full[:, a:min(a + width, n16)], sr, one_clip).melspec[0])
-    return torch.stack(specs), starts, duration
 
 
 class WindowPreparer:
-    """path -> Prepared with one audio input per window and no video (CPU; pickled into workers)."""
+    """path -> Prepared with one audio input per window and no video (CPU; pickled into workers).
+
+    The encoder named by encoder.name turns a track into its window inputs (`window_inputs`)."""
 
     def __init__(self, config: Config, layout: WindowLayout):
-        self.encoder = config.encoder.name
-        self.audio_settings = config.audio
-        self.signal_settings = config.signal
+        self.config = config
         self.layout = layout
 
     def warm_up(self) -> None:
-        if self.encoder == "signal":
-            from mvbind.pipeline.encoders.signal.features import warm_up
-
-            warm_up(self.signal_settings)
+        warm = getattr(get_encoder(self.config.encoder.name), "warm_up", None)
+        if warm is not None:
+            warm(self.config)
 
     def __call__(self, path: str):
         # Hundreds of small per-window ops: one thread is several times faster than a contended pool
@@ -127,19 +106,8 @@ class WindowPreparer:
         from mvbind.pipeline.encoders.base import Prepared
 
         try:
-            if self.encoder == "signal":
-                from mvbind.pipeline.encoders.signal.features import decode_mono, window_features
-
-                mono = decode_mono(path, self.signal_settings)
-                duration = len(mono) / self.signal_settings.sample_rate
-                starts = self.layout.starts(duration)
-                feats = window_features(mono, self.signal_settings, starts=starts, clip_duration=self.layout.length)
-                audio = torch.from_numpy(feats.features)
-            else:
-                from mvbind.pipeline.media.audio import decode_audio
-
-                waveform, rate = decode_audio(path)
-                audio, starts, duration = imagebind_windows(waveform, rate, self.audio_settings, self.layout)
+            audio, starts, duration = get_encoder(self.config.encoder.name).window_inputs(path, self.config,
+                                                                                          self.layout)
         except MvbindError as err:
             return Prepared(None, None, 0.0, audio_reason=str(err), video_reason="library track: audio only")
         return Prepared(audio, None, float(duration), video_reason="library track: audio only",
@@ -147,8 +115,4 @@ class WindowPreparer:
 
 
 def make_window_preparer(config: Config, layout: WindowLayout | None = None) -> WindowPreparer:
-    if config.encoder.name == "signal":
-        from mvbind.pipeline.config.validate import check_settings
-
-        check_settings(config.signal)
     return WindowPreparer(config, layout or WindowLayout.from_config(config))

@@ -1,0 +1,187 @@
+"""The `imagebind` encoder: ImageBind's exact audio and vision inputs (CPU, in workers) and the
+frozen audio + vision towers (on encoder.device), per-clip embeddings with upstream's postprocessing."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from mvbind.errors import MvbindError, NoStreamError
+from mvbind.pipeline.config import Config, expand_path, mvbind_home
+from mvbind.pipeline.encoders.base import SCHEMA, Prepared, pick_device
+
+if TYPE_CHECKING:
+    from mvbind.pipeline.library.windows import WindowLayout
+
+
+def weights_setting(config: Config) -> Path | None:
+    """The configured weights file (None = random init)."""
+    if config.encoder.weights == "random":
+        return None
+    if config.encoder.weights:
+        return expand_path(config.encoder.weights)
+    return mvbind_home() / "imagebind_huge.pth"
+
+def imagebind_settings(config: Config, *, download: bool = False, progress: bool = True) -> dict:
+    from mvbind.pipeline.encoders.imagebind.model import imagebind_config
+    from mvbind.pipeline.encoders.imagebind.weights import file_digest, resolve_weights
+
+    enc = config.encoder
+    path = weights_setting(config)
+    if path is None:
+        weights = f"random-init seed {enc.seed}"
+    else:
+        resolved = resolve_weights(str(path) if enc.weights else None, download=download, progress=progress)
+        weights = "sha256:" + file_digest(resolved)
+    arch = imagebind_config(enc.arch)
+    dim = int(arch["out_embed_dim"])
+    a, v = config.audio, config.video
+    return {
+        "schema": SCHEMA,
+        "encoder": {"name": enc.name, "arch": enc.arch, "arch_config": arch, "weights": weights},
+        "audio": dataclasses.asdict(a),
+        "video": dataclasses.asdict(v),
+        "shapes": {"audio": [a.clips_per_video, dim], "video": [v.clips_per_video * v.crops, dim]},
+    }
+
+class ImageBindPreparer:
+    """ImageBind's audio and vision inputs for one file (CPU; pickled into worker processes)."""
+
+    def __init__(self, config: Config):
+        self.audio_settings = config.audio
+        self.video_settings = config.video
+        # One decoder thread per worker process; FFmpeg's own threading when decoding in-process.
+        self.decode_threads = 1 if config.extract.workers > 0 else 0
+
+    def __call__(self, path: str) -> Prepared:
+        from mvbind.pipeline.encoders.imagebind.audio import audio_inputs
+        from mvbind.pipeline.encoders.imagebind.vision import video_inputs
+
+        audio = video = None
+        audio_reason = video_reason = ""
+        duration = 0.0
+        try:
+            v = video_inputs(path, self.video_settings, threads=self.decode_threads)
+            video, duration = v.frames, float(v.duration)
+        except NoStreamError as err:
+            video_reason = str(err)
+        except MvbindError as err:
+            video_reason = str(err)
+        try:
+            a = audio_inputs(path, self.audio_settings)
+            audio = a.melspec
+            duration = duration or float(a.duration)
+        except NoStreamError as err:
+            audio_reason = str(err)
+        except MvbindError as err:
+            audio_reason = str(err)
+        return Prepared(audio, video, duration, audio_reason, video_reason)
+
+def pick_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype (None = full fp32)."""
+    if setting == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[setting]
+
+class ImageBindEmbedder:
+    """Frozen ImageBind audio + vision encoders: per-clip embeddings, postprocessing kept."""
+
+    def __init__(self, config: Config, *, progress: bool = True):
+        from mvbind.pipeline.encoders.imagebind.model import build_imagebind
+        from mvbind.pipeline.encoders.imagebind.weights import load_weights, resolve_weights
+
+        enc = config.encoder
+        self.device = pick_device(enc.device)
+        self.dtype = pick_dtype(enc.precision, self.device)
+        path = weights_setting(config)
+        t0 = time.perf_counter()
+        if path is None:
+            model = build_imagebind(enc.arch, seed=enc.seed)
+        else:
+            with torch.device("meta"):  # no 2.9 GB random init only to be overwritten
+                model = build_imagebind(enc.arch)
+            load_weights(model, resolve_weights(str(path) if enc.weights else None, progress=progress))
+        self.model = model.eval().requires_grad_(False).to(self.device)
+        self.load_seconds = time.perf_counter() - t0
+        self.chunk = 256  # clips per forward call: bounds activation memory
+
+    @torch.inference_mode()
+    def _run(self, fn, x: torch.Tensor) -> np.ndarray:
+        outs = []
+        for i in range(0, len(x), self.chunk):
+            part = x[i : i + self.chunk].to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                outs.append(fn(part).float())
+        return torch.cat(outs).cpu().numpy()
+
+    def embed(self, items: list[Prepared]) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+        """Per item: audio (clips, d) and video (clips*crops, d) embeddings, None where missing."""
+        return (self._embed_modality(items, "audio", self.model.embed_audio),
+                self._embed_modality(items, "video", self.model.embed_vision))
+
+    def _embed_modality(self, items: list[Prepared], attr: str, fn) -> list[np.ndarray | None]:
+        present = [getattr(it, attr) for it in items if getattr(it, attr) is not None]
+        if not present:
+            return [None] * len(items)
+        flat = self._run(fn, torch.cat(present))
+        out, offset = [], 0
+        for it in items:
+            x = getattr(it, attr)
+            if x is None:
+                out.append(None)
+            else:
+                out.append(flat[offset : offset + len(x)])
+                offset += len(x)
+        return out
+
+class ImageBindBackend:
+    """The encoder contract (see mvbind.pipeline.encoders)."""
+
+    uses_device = True
+    settings = staticmethod(imagebind_settings)
+
+    @staticmethod
+    def preparer(config: Config) -> ImageBindPreparer:
+        return ImageBindPreparer(config)
+
+    @staticmethod
+    def embedder(config: Config, *, progress: bool = True) -> ImageBindEmbedder:
+        return ImageBindEmbedder(config, progress=progress)
+
+    @staticmethod
+    def window_inputs(path: str, config: Config, layout) -> tuple[torch.Tensor, np.ndarray, float]:
+        from mvbind.pipeline.media.audio import decode_audio
+
+        waveform, rate = decode_audio(path)
+        return imagebind_windows(waveform, rate, config.audio, layout)
+
+
+def imagebind_windows(waveform: torch.Tensor, sample_rate: int, settings, layout: WindowLayout
+                      ) -> tuple[torch.Tensor, np.ndarray, float]:
+    """ImageBind audio inputs of each window: ((windows, 1, mel, frames), starts, duration)."""
+    from mvbind.errors import MediaError
+    from mvbind.pipeline.encoders.imagebind.audio import waveform_inputs
+    from mvbind.pipeline.encoders.imagebind.resample import resample_span, resampled_length
+
+    if waveform.dim() != 2 or waveform.shape[1] == 0:
+        raise MediaError("audio stream is empty")
+    sr = settings.sample_rate
+    n16 = resampled_length(waveform.shape[1], sample_rate, sr)
+    full = resample_span(waveform, sample_rate, sr, 0, n16)  # whole track once; windows are slices
+    duration = n16 / sr
+    starts = layout.starts(duration)
+    one_clip = dataclasses.replace(settings, clips_per_video=1)
+    width = int(round(layout.length * sr))
+    specs = []
+    for start in starts:
+        a = min(int(round(start * sr)), n16)
+        specs.append(waveform_inputs(full[:, a:min(a + width, n16)], sr, one_clip).melspec[0])
+    return torch.stack(specs), starts, duration
+
+
+ENCODER = ImageBindBackend
