@@ -82,12 +82,12 @@ class PrepareDataset(Dataset):
         except Exception as err:  # noqa: BLE001 - one bad file must never stop the run
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             return Work(index, FAILED, key=key, reason=f"{type(err).__name__}: {reason}")
-        missing = [m for m in self.require if getattr(prepared, m) is None]
+        missing = [m for m in self.require if prepared.get(m) is None]
         if missing:
-            why = getattr(prepared, f"{missing[0]}_reason") or f"no {missing[0]}"
-            return Work(index, FAILED, key=key, reason=why)
-        if prepared.audio is None and prepared.video is None:
-            return Work(index, FAILED, key=key, reason=prepared.video_reason or prepared.audio_reason)
+            return Work(index, FAILED, key=key, reason=prepared.reason(missing[0]))
+        if not prepared.inputs:
+            why = prepared.reason("video") if "video" in prepared.missing else next(iter(prepared.missing.values()), "")
+            return Work(index, FAILED, key=key, reason=why or "no usable stream")
         return Work(index, OK, key=key, prepared=prepared, decode_seconds=time.perf_counter() - t0)
 
 
@@ -281,9 +281,9 @@ class _LazyEmbedder:
 def _embed_batch(embedder, batch: list[Work], todo: list[InputItem], buffer: ShardBuffer,
                  summary: ExtractSummary, earlier_failures: set[str]) -> None:
     t0 = time.perf_counter()
-    audio, video = embedder.embed([w.prepared for w in batch])
+    out = embedder.embed([w.prepared for w in batch])
     summary.infer_seconds += time.perf_counter() - t0
-    for work, a, v in zip(batch, audio, video):
+    for work, a, v in zip(batch, out["audio"], out["video"]):
         item = todo[work.index]
         if a is None:
             summary.without_audio += 1

@@ -144,15 +144,15 @@ def test_settings_shapes_and_fingerprint_inputs(tmp_path):
 
 def test_shapes_determinism_and_pickling(media, prepare):
     item = prepare(str(media["testsrc"]))
-    assert item.audio.shape == (3, DA) and item.video.shape == (5, DV)
-    assert item.audio.dtype == item.video.dtype == torch.float32
-    assert np.isfinite(item.audio.numpy()).all() and np.isfinite(item.video.numpy()).all()
-    assert item.duration == pytest.approx(3.0, abs=0.1) and item.audio_reason == item.video_reason == ""
+    assert item.get("audio").shape == (3, DA) and item.get("video").shape == (5, DV)
+    assert item.get("audio").dtype == item.get("video").dtype == torch.float32
+    assert np.isfinite(item.get("audio").numpy()).all() and np.isfinite(item.get("video").numpy()).all()
+    assert item.duration == pytest.approx(3.0, abs=0.1) and not item.missing
     again = pickle.loads(pickle.dumps(prepare))(str(media["testsrc"]))  # as in a worker process
-    assert np.array_equal(item.audio.numpy(), again.audio.numpy())
-    assert np.array_equal(item.video.numpy(), again.video.numpy())
+    assert np.array_equal(item.get("audio").numpy(), again.get("audio").numpy())
+    assert np.array_equal(item.get("video").numpy(), again.get("video").numpy())
     # standardised: values stay within a few units (float16 cache storage keeps them)
-    assert np.abs(item.audio.numpy()).max() < 20 and np.abs(item.video.numpy()).max() < 20
+    assert np.abs(item.get("audio").numpy()).max() < 20 and np.abs(item.get("video").numpy()).max() < 20
 
 
 def test_faster_click_track_has_higher_tempo(media):
@@ -200,19 +200,21 @@ def test_letterbox_bars_are_cropped(media):
 
 def test_awkward_files(media, prepare):
     silent = prepare(str(media["silent"]))
-    assert silent.audio is None and silent.audio_reason == "no audio stream" and silent.video.shape == (5, DV)
+    assert silent.get("audio") is None and silent.reason("audio") == "no audio stream"
+    assert silent.get("video").shape == (5, DV)
     for key in ("short", "surround", "hd", "vfr"):
         item = prepare(str(media[key]))
-        assert item.audio is not None and item.video is not None, (key, item.audio_reason, item.video_reason)
-        assert item.audio.shape == (3, DA) and item.video.shape == (5, DV), key
-        assert np.isfinite(item.audio.numpy()).all() and np.isfinite(item.video.numpy()).all(), key
+        assert item.get("audio") is not None and item.get("video") is not None, (key, item.missing)
+        assert item.get("audio").shape == (3, DA) and item.get("video").shape == (5, DV), key
+        assert np.isfinite(item.get("audio").numpy()).all() and np.isfinite(item.get("video").numpy()).all(), key
     assert prepare(str(media["short"])).duration == pytest.approx(0.3, abs=0.05)
     known = AUDIO_FEATURE_NAMES.index("tempo_known")
-    assert (prepare(str(media["short"])).audio[:, known] == 0).all()  # too short for a tempo
+    assert (prepare(str(media["short"])).get("audio")[:, known] == 0).all()  # too short for a tempo
     garbage = media["silent"].parent / "garbage.mp4"
     garbage.write_bytes(b"not a video at all" * 100)
     broken = prepare(str(garbage))
-    assert broken.audio is None and broken.video is None and broken.video_reason.startswith("cannot open")
+    assert broken.get("audio") is None and broken.get("video") is None
+    assert broken.reason("video").startswith("cannot open")
 
 
 def test_sampling_follows_the_clip_frames():
@@ -238,6 +240,6 @@ def test_extract_end_to_end(media, tmp_path):
     assert feats.video_mask.all() and feats.audio_mask.sum() == 3
     direct = make_preparer(config)(str(media["testsrc"]))
     row = [Path(p).name for p in feats.paths].index("testsrc.mp4")
-    np.testing.assert_allclose(feats.video[row].astype(np.float32), direct.video.numpy(), rtol=1e-3, atol=1e-2)
+    np.testing.assert_allclose(feats.video[row].astype(np.float32), direct.get("video").numpy(), rtol=1e-3, atol=1e-2)
     again = extract(config, folder, progress=False)
     assert (again.extracted, again.reused) == (0, 4)

@@ -17,6 +17,7 @@ import torch
 from mvbind.cache import FeatureCache, Row
 from mvbind.cli import main as cli_main
 from mvbind.pipeline.binding.pairs import select_namespace
+from mvbind.pipeline.binding.projector import BindingModel, ProjectorSpec
 from mvbind.pipeline.binding.training import lr_at
 from mvbind.pipeline.config import load_config
 from mvbind.stages.evaluate import evaluate
@@ -144,7 +145,7 @@ def test_same_command_gives_same_numbers(home):
     a = torch.load(home / "runs" / "det-a" / "best.pt", weights_only=True)["state_dict"]
     b = torch.load(home / "runs" / "det-b" / "best.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert "video_pool.query" in a  # attention pooling was trained
+    assert "pools.video.query" in a  # attention pooling was trained
     _, metrics = evaluate(config(home, "cache-small"), ["det-a"], name="det-eval", baselines=False)
     assert metrics["rows"][0]["video_to_music"]["R@50"] > 0
 
@@ -244,3 +245,19 @@ def test_unreadable_checkpoint_is_refused(tmp_path):
     torch.save({"format": "something-else"}, bad)
     with pytest.raises(CheckpointError, match="not an mvbind projector checkpoint"):
         load_checkpoint(bad)
+
+
+def test_checkpoints_from_before_modality_keyed_heads_still_load():
+    # Heads and pools are keyed by modality (heads.video.*); runs trained before that stored
+    # video_head.* / video_pool.*, and must load into the same model, strictly, unchanged.
+    spec = ProjectorSpec(audio_dim=12, video_dim=16, audio_clips=3, video_clips=5, pooling="attention",
+                         projector="mlp", embed_dim=8, hidden_dim=32)
+    torch.manual_seed(0)
+    trained = BindingModel(spec)
+    old = {k.replace("heads.video.", "video_head.").replace("heads.audio.", "audio_head.")
+            .replace("pools.video.", "video_pool.").replace("pools.audio.", "audio_pool."): v
+           for k, v in trained.state_dict().items()}
+    assert any(k.startswith("video_head.") for k in old) and not any(k.startswith("heads.") for k in old)
+    fresh = BindingModel(spec)
+    fresh.load_state_dict(old, strict=True)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in trained.state_dict().items())

@@ -40,6 +40,10 @@ class ProjectorSpec:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def dims(self) -> dict[str, int]:
+        """Input width per modality, in head order (video first, as the loss takes them)."""
+        return {"video": self.video_dim, "audio": self.audio_dim}
+
     @classmethod
     def from_dict(cls, d: dict) -> ProjectorSpec:
         known = {f.name for f in dataclasses.fields(cls)}
@@ -86,26 +90,42 @@ class Head(nn.Module):
 
 
 class BindingModel(nn.Module):
-    """Pool + head per modality and CLIP's learnable logit scale."""
+    """Pool + head per modality (keyed by modality name) and CLIP's learnable logit scale."""
 
     def __init__(self, spec: ProjectorSpec):
         super().__init__()
         self.spec = spec
-        self.video_pool = make_pool(spec.pooling, spec.video_dim)
-        self.audio_pool = make_pool(spec.pooling, spec.audio_dim)
-        self.video_head = Head(spec.video_dim, spec)
-        self.audio_head = Head(spec.audio_dim, spec)
+        dims = spec.dims()
+        self.pools = nn.ModuleDict({m: make_pool(spec.pooling, d) for m, d in dims.items()})
+        self.heads = nn.ModuleDict({m: Head(d, spec) for m, d in dims.items()})
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / spec.init_temperature)))
 
-    def encode_video(self, x: Tensor) -> Tensor:
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.heads)
+
+    def encode(self, modality: str, x: Tensor) -> Tensor:
         """(n, clips, dim) per-clip, or (n, dim) already mean-pooled -> (n, embed_dim) unit vectors."""
-        return self.video_head(self.video_pool(x))
+        return self.heads[modality](self.pools[modality](x))
+
+    def encode_video(self, x: Tensor) -> Tensor:
+        return self.encode("video", x)
 
     def encode_audio(self, x: Tensor) -> Tensor:
-        return self.audio_head(self.audio_pool(x))
+        return self.encode("audio", x)
 
     def forward(self, video: Tensor, audio: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.encode_video(video), self.encode_audio(audio), self.logit_scale.exp()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the heads were keyed by modality: video_head.* -> heads.video.*
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            rest = key[len(prefix):]
+            for m in self.modalities:
+                for old, new in ((f"{m}_head.", f"heads.{m}."), (f"{m}_pool.", f"pools.{m}.")):
+                    if rest.startswith(old):
+                        state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def clamp_logit_scale(self, max_scale: float) -> None:

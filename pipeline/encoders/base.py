@@ -3,7 +3,7 @@ encoder named by `encoder.name` (see `mvbind.pipeline.encoders` for the registry
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,16 +15,36 @@ from mvbind.pipeline.encoders import get_encoder
 SCHEMA = 1  # bump when the meaning of stored embeddings changes
 
 
+# The modalities stage one stores per item (one per-clip array each in a cache shard).
+MODALITIES = ("audio", "video")
+
+
 @dataclass
 class Prepared:
-    """One item's model inputs, or why a modality is missing."""
+    """One item's model inputs by modality; a modality without input says why in `missing`.
 
-    audio: torch.Tensor | None  # (clips, 1, mel, frames)
-    video: torch.Tensor | None  # (clips * crops, 3, T, H, W)
+    audio: (clips, 1, mel, frames) for ImageBind; video: (clips·crops, 3, T, H, W); other encoders
+    put their own per-clip inputs under the same keys.
+    """
+
+    inputs: dict[str, torch.Tensor]
     duration: float
-    audio_reason: str = ""  # why audio is None ("no audio stream", ...)
-    video_reason: str = ""
-    audio_starts: np.ndarray | None = None  # music-library windows: start (s) of each audio row (pipeline.windows)
+    missing: dict[str, str] = field(default_factory=dict)  # modality -> why it has no input
+    audio_starts: np.ndarray | None = None  # music-library windows: start (s) of each audio row
+
+    def get(self, modality: str) -> torch.Tensor | None:
+        return self.inputs.get(modality)
+
+    def reason(self, modality: str) -> str:
+        return self.missing.get(modality, "") or (f"no {modality}" if modality not in self.inputs else "")
+
+
+def prepared(duration: float, *, starts: np.ndarray | None = None, **by_modality) -> Prepared:
+    """Build a Prepared from `modality=tensor_or_reason` keywords: a tensor is an input, a string
+    is why that modality is missing (e.g. `prepared(3.0, audio=spec, video="no video stream")`)."""
+    inputs = {m: x for m, x in by_modality.items() if x is not None and not isinstance(x, str)}
+    missing = {m: x for m, x in by_modality.items() if isinstance(x, str)}
+    return Prepared(inputs, float(duration), missing, starts)
 
 
 def extractor_settings(config: Config, *, download: bool = False, progress: bool = True) -> dict:

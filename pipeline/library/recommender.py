@@ -173,18 +173,19 @@ class Recommender:
         if self._preparer is None:
             self._preparer = make_preparer(dataclasses.replace(
                 self.config, extract=dataclasses.replace(self.config.extract, workers=0)))
-        prepared = self._preparer(path)
-        if prepared.video is None:
-            return EmbeddedVideo(path, key, None, prepared.duration, False, prepared.video_reason or "no video frames")
+        inputs = self._preparer(path)
+        if inputs.get("video") is None:
+            return EmbeddedVideo(path, key, None, inputs.duration, False, inputs.reason("video"))
         with self._lock:
             if self._embedder is None:
                 self._embedder = make_embedder(self.config, progress=self._progress)
-            audio, video = self._embedder.embed([prepared])
-        clips = video[0].astype(np.float16)  # what the cache would store: cached and fresh results agree
+            out = self._embedder.embed([inputs])
+        clips = out["video"][0].astype(np.float16)  # what the cache would store: cached and fresh results agree
         if self.cache_writes:
-            self._commit(Row(key=key, path=path, audio=None if audio[0] is None else audio[0].astype(np.float16),
-                             video=clips, duration=float(prepared.duration)))
-        return EmbeddedVideo(path, key, clips.astype(np.float32), float(prepared.duration), False)
+            audio = out["audio"][0]
+            self._commit(Row(key=key, path=path, audio=None if audio is None else audio.astype(np.float16),
+                             video=clips, duration=float(inputs.duration)))
+        return EmbeddedVideo(path, key, clips.astype(np.float32), float(inputs.duration), False)
 
     def _commit(self, row: Row) -> None:
         try:

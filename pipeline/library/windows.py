@@ -103,15 +103,15 @@ class WindowPreparer:
                 torch.set_num_threads(threads)
 
     def _prepare(self, path: str):
-        from mvbind.pipeline.encoders.base import Prepared
+        from mvbind.pipeline.encoders.base import prepared
 
         try:
             audio, starts, duration = get_encoder(self.config.encoder.name).window_inputs(path, self.config,
                                                                                           self.layout)
         except MvbindError as err:
-            return Prepared(None, None, 0.0, audio_reason=str(err), video_reason="library track: audio only")
-        return Prepared(audio, None, float(duration), video_reason="library track: audio only",
-                        audio_starts=np.asarray(starts, np.float32))
+            return prepared(0.0, audio=str(err), video="library track: audio only")
+        return prepared(duration, audio=audio, video="library track: audio only",
+                        starts=np.asarray(starts, np.float32))
 
 
 def make_window_preparer(config: Config, layout: WindowLayout | None = None) -> WindowPreparer:

@@ -13,7 +13,7 @@ import torch
 
 from mvbind.errors import MvbindError, NoStreamError
 from mvbind.pipeline.config import Config, expand_path, mvbind_home
-from mvbind.pipeline.encoders.base import SCHEMA, Prepared, pick_device
+from mvbind.pipeline.encoders.base import SCHEMA, Prepared, pick_device, prepared
 
 if TYPE_CHECKING:
     from mvbind.pipeline.library.windows import WindowLayout
@@ -80,7 +80,8 @@ class ImageBindPreparer:
             audio_reason = str(err)
         except MvbindError as err:
             audio_reason = str(err)
-        return Prepared(audio, video, duration, audio_reason, video_reason)
+        return prepared(duration, audio=audio if audio is not None else audio_reason,
+                        video=video if video is not None else video_reason)
 
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype (None = full fp32)."""
@@ -119,19 +120,19 @@ class ImageBindEmbedder:
                 outs.append(fn(part).float())
         return torch.cat(outs).cpu().numpy()
 
-    def embed(self, items: list[Prepared]) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
-        """Per item: audio (clips, d) and video (clips*crops, d) embeddings, None where missing."""
-        return (self._embed_modality(items, "audio", self.model.embed_audio),
-                self._embed_modality(items, "video", self.model.embed_vision))
+    def embed(self, items: list[Prepared]) -> dict[str, list[np.ndarray | None]]:
+        """Per modality, per item: audio (clips, d) and video (clips*crops, d) embeddings, None where missing."""
+        towers = {"audio": self.model.embed_audio, "video": self.model.embed_vision}
+        return {m: self._embed_modality(items, m, fn) for m, fn in towers.items()}
 
-    def _embed_modality(self, items: list[Prepared], attr: str, fn) -> list[np.ndarray | None]:
-        present = [getattr(it, attr) for it in items if getattr(it, attr) is not None]
+    def _embed_modality(self, items: list[Prepared], modality: str, fn) -> list[np.ndarray | None]:
+        present = [it.get(modality) for it in items if it.get(modality) is not None]
         if not present:
             return [None] * len(items)
         flat = self._run(fn, torch.cat(present))
         out, offset = [], 0
         for it in items:
-            x = getattr(it, attr)
+            x = it.get(modality)
             if x is None:
                 out.append(None)
             else:

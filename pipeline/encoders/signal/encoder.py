@@ -69,7 +69,7 @@ class SignalPreparer:
     def __call__(self, path: str):
         import torch
 
-        from mvbind.pipeline.encoders.base import Prepared
+        from mvbind.pipeline.encoders.base import prepared
 
         audio = video = None
         audio_reason = video_reason = ""
@@ -87,7 +87,8 @@ class SignalPreparer:
             duration = duration or float(a.duration)
         except MvbindError as err:
             audio_reason = str(err)
-        return Prepared(audio, video, duration, audio_reason, video_reason)
+        return prepared(duration, audio=audio if audio is not None else audio_reason,
+                        video=video if video is not None else video_reason)
 
 class SignalEmbedder:
     """Identity: the prepared features are the embeddings."""
@@ -102,7 +103,7 @@ class SignalEmbedder:
         def out(x):
             return None if x is None else np.ascontiguousarray(x.numpy(), dtype=np.float32)
 
-        return [out(it.audio) for it in items], [out(it.video) for it in items]
+        return {m: [out(it.get(m)) for it in items] for m in ("audio", "video")}
 
 class SignalBackend:
     """The encoder contract (see mvbind.pipeline.encoders)."""
