@@ -526,7 +526,7 @@ class FeatureCache:
         known = ", ".join(ns.fingerprint[:16] for ns in self.namespaces()) or "none"
         if not found:
             raise CacheError(f"no cache namespace matches '{prefix}' in {self.root} (namespaces: {known}); "
-                             "run `cli.py extract` first or check paths.cache")
+                             "run `mvbind extract` first or check paths.cache")
         raise CacheError(f"'{prefix}' matches {len(found)} namespaces in {self.root}; give more digits ({known})")
 
     def get(self, settings: dict) -> Namespace:
@@ -535,5 +535,5 @@ class FeatureCache:
         root = self.root / fp[:16]
         if not (root / "settings.json").exists():
             raise CacheError(f"no cache namespace for these extractor settings ({fp[:16]}) in {self.root}; "
-                             "run `cli.py extract` with the same settings first")
+                             "run `mvbind extract` with the same settings first")
         return Namespace(root)

@@ -38,7 +38,7 @@ def config_options(func: Callable) -> Callable:
     )(func)
     func = click.option(
         "--config", "config_path", type=click.Path(dir_okay=False), default=None,
-        help="Settings file (default: pipeline.toml beside cli.py).",
+        help="Settings file (default: the shipped pipeline.toml).",
     )(func)
     return func
 
@@ -250,7 +250,7 @@ def index_command(source, config_path, sets, run, name, out, overwrite, index_ki
 @click.command("recommend")
 @click.argument("videos", nargs=-1, type=click.Path(path_type=Path))
 @config_options
-@click.option("--library", "library", required=True, help="Library file, or a name in library.dir (`cli.py index`).")
+@click.option("--library", "library", required=True, help="Library file, or a name in library.dir (`mvbind index`).")
 @click.option("--run", default=None, help="The run the library was indexed with; without it: zero-shot.")
 @click.option("-k", "k", type=int, default=None, help="Tracks per video (recommend.k).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

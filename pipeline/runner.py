@@ -5,7 +5,7 @@ while the main process runs the model and commits shards, so decoding overlaps i
 Resume is by content key: items already committed in the namespace are never decoded again.
 
 The same runner fills a music library's track namespace (`windows=WindowLayout`, used by
-`cli.py index`): each track's audio is taken in windows along it (pipeline.windows) and the
+`mvbind index`): each track's audio is taken in windows along it (pipeline.windows) and the
 shard stores them as ragged per-item windows.
 """
 

@@ -1,4 +1,4 @@
-"""`cli.py cache info`: what the feature cache holds (namespaces, settings, items, failures, bytes)."""
+"""`mvbind cache info`: what the feature cache holds (namespaces, settings, items, failures, bytes)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def cache_info(cache_dir, prefix: str | None = None) -> list[dict]:
 
 def format_info(infos: list[dict], cache_dir, verbose: bool = False) -> list[str]:
     if not infos:
-        return [f"{cache_dir}: no namespaces yet (run `cli.py extract`)"]
+        return [f"{cache_dir}: no namespaces yet (run `mvbind extract`)"]
     lines = [f"cache {cache_dir}: {len(infos)} namespace(s)"]
     for info in infos:
         s = info["settings"]

@@ -1,4 +1,4 @@
-"""`cli.py demo`: the whole job, offline, on the synthetic demo collection.
+"""`mvbind demo`: the whole job, offline, on the synthetic demo collection.
 
 demo-data → extract (signal encoder) → train → eval (test split, beside chance) → index the
 library → recommend tracks for held-out test videos, checked against the ground truth the

@@ -72,7 +72,7 @@ class DemoSummary:
             f"{self.pillarboxed} pillarboxed) using {self.tracks_used} tracks, {self.reused_tracks} of them "
             f"in several videos",
             f"library {self.library} tracks ({self.tracks_used} used + {self.distractors} distractors)",
-            f"next: python cli.py extract {out / 'videos' / 'manifest.csv'}   "
+            f"next: mvbind extract {out / 'videos' / 'manifest.csv'}   "
             f"(ground truth: {out / 'demo.json'})",
         ]
 

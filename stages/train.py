@@ -82,7 +82,7 @@ def train(config: Config, *, cache: str | None = None, name: str | None = None, 
         raise RunError(f"the train split has {counts['train']} pairs, fewer than train.batch_size = {t.batch_size}; "
                        f"set --set train.batch_size={max(2, counts['train'])} or less")
     if counts["test"] == 0:
-        notify("warning: the test split is empty; `cli.py eval` will have nothing to test this run on")
+        notify("warning: the test split is empty; `mvbind eval` will have nothing to test this run on")
     if counts["val"] <= int(t.select_metric[1:]):
         notify(f"warning: the val split has {counts['val']} items, so val {t.select_metric.upper()} is trivially "
                "perfect and cannot pick a checkpoint; use a smaller train.select_metric or a larger val split")

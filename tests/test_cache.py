@@ -70,7 +70,7 @@ def test_namespace_is_the_fingerprint(tmp_path):
         cache.find("zzz")
     with pytest.raises(CacheError, match="matches 2 namespaces"):
         cache.find("")
-    with pytest.raises(CacheError, match="run `cli.py extract`"):
+    with pytest.raises(CacheError, match="run `mvbind extract`"):
         cache.get({**SETTINGS, "x": 1})
     assert {ns.fingerprint for ns in cache.namespaces()} == {a.fingerprint, b.fingerprint}
 

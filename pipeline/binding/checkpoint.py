@@ -40,7 +40,7 @@ def load_checkpoint(path: Path, *, fingerprint: str | None = None, audio_shape: 
     """The model (eval mode, CPU) and the checkpoint's metadata; refuses mismatches in one line."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found; train a run first (`cli.py train`)")
+        raise CheckpointError(f"{path}: checkpoint not found; train a run first (`mvbind train`)")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - unpickling errors come in many types

@@ -94,7 +94,7 @@ def select_namespace(cache_dir: Path, prefix: str = "", config=None,
             f"(not derived from the settings: {reason})")
         return found[0]
     if not found:
-        raise CacheError(f"no cache namespaces in {cache_dir}; run `cli.py extract` first or check paths.cache")
+        raise CacheError(f"no cache namespaces in {cache_dir}; run `mvbind extract` first or check paths.cache")
     known = ", ".join(ns.fingerprint[:16] for ns in found)
     raise CacheError(f"{len(found)} cache namespaces in {cache_dir} ({known}) and the settings can't pick one "
                      f"({reason}); choose with --cache PREFIX")
@@ -107,7 +107,7 @@ def load_pairs(ns: Namespace, *, keep_clips: bool = False) -> PairSet:
     feats: Features = ns.load(pool=None if keep_clips else mean_pool)
     if len(feats) == 0:
         raise PairsError(f"cache namespace {ns.fingerprint[:16]} ({ns.root}) holds no items; "
-                         "run `cli.py extract` into it first")
+                         "run `mvbind extract` into it first")
     no_audio = ~feats.audio_mask.astype(bool)
     no_video = ~feats.video_mask.astype(bool)
     usable = ~no_audio & ~no_video
@@ -130,7 +130,7 @@ def load_pairs(ns: Namespace, *, keep_clips: bool = False) -> PairSet:
             raise PairsError(
                 f"{ns.shard_dir / shard} row {row} (key {feats.keys[i]}): {name} embedding has nan or inf "
                 f"({int(bad.sum())} such items in all); move the shard to {ns.root / 'quarantine'} and re-run "
-                "`cli.py extract` to redo its items")
+                "`mvbind extract` to redo its items")
     return PairSet(
         fingerprint=ns.fingerprint, root=ns.root, keys=feats.keys.astype(str), video=video, audio=audio,
         music_ids=feats.music_ids.astype(str), manifest_splits=feats.splits.astype(str),

@@ -33,4 +33,4 @@ def resolve_library(config: Config, value: str | Path) -> Path:
     if path.exists():
         return path  # let the reader say what is wrong with it (a folder, not a library file, ...)
     raise LibraryError(f"library {str(value)!r} not found (no file {path}, none named {value}{SUFFIX} in {base}); "
-                       "build it with `cli.py index MUSIC_FOLDER --name NAME`")
+                       "build it with `mvbind index MUSIC_FOLDER --name NAME`")

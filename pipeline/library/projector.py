@@ -90,7 +90,7 @@ def load_projector(config: Config, run: str | Path | None, video_settings: dict)
         if shapes["audio"][1] != shapes["video"][1]:
             raise MvbindError(f"zero-shot needs audio and video embeddings in one space; encoder {enc['name']} has "
                               f"{shapes['audio'][1]}-d audio and {shapes['video'][1]}-d video: pass --run RUN "
-                              "(a run trained with `cli.py train`)")
+                              "(a run trained with `mvbind train`)")
         space = "ImageBind's raw audio-vision space" if enc["name"] == "imagebind" else f"raw {enc['name']} space"
         return Projector("zero-shot", {"kind": "zero-shot", "space": space, "dim": int(shapes["audio"][1])}, fp)
     rd = find_run(config, run)
@@ -119,7 +119,7 @@ def check_compatible(library: Path, header: dict, projector: Projector) -> None:
         raise LibraryError(
             f"{library}: built for encoder namespace {lib_fp[:16]} ({header.get('encoder_description', '?')}), "
             f"{'run ' + projector.identity['run'] + ' uses' if projector.kind == 'run' else 'these settings use'} "
-            f"{projector.fingerprint[:16]}; use the library's encoder settings or re-index with `cli.py index`")
+            f"{projector.fingerprint[:16]}; use the library's encoder settings or re-index with `mvbind index`")
     if built.get("kind") != projector.kind:
         if built.get("kind") == "zero-shot":
             raise LibraryError(f"{library}: a zero-shot library (raw encoder space) can't be searched with run "

@@ -104,7 +104,7 @@ class Library:
         if self._faiss is None:
             if self.faiss_blob is None:
                 raise LibraryError(f"{self.path}: the library has no FAISS index; rebuild it with "
-                                   "`cli.py index --index faiss` or search with --search exact")
+                                   "`mvbind index --index faiss` or search with --search exact")
             faiss = import_faiss()
             self._faiss = faiss.deserialize_index(self.faiss_blob)
             self.faiss_blob = None  # the index holds its own copy
@@ -352,14 +352,14 @@ def write_library(path: str | Path, *, meta: dict, keys, paths, titles, artists,
 
 
 def _damaged(path: Path, reason: str) -> LibraryError:
-    return LibraryError(f"{path}: library file is truncated or damaged ({reason}); rebuild it with `cli.py index`")
+    return LibraryError(f"{path}: library file is truncated or damaged ({reason}); rebuild it with `mvbind index`")
 
 
 def _open(path: Path) -> h5py.File:
     if not path.exists():
-        raise LibraryError(f"{path}: no such library file; build one with `cli.py index MUSIC_FOLDER`")
+        raise LibraryError(f"{path}: no such library file; build one with `mvbind index MUSIC_FOLDER`")
     if path.is_dir():
-        raise LibraryError(f"{path}: is a folder, not a library file; pass the .mvlib.h5 file `cli.py index` wrote")
+        raise LibraryError(f"{path}: is a folder, not a library file; pass the .mvlib.h5 file `mvbind index` wrote")
     if path.stat().st_size == 0:
         raise _damaged(path, "0 bytes")
     try:
@@ -367,7 +367,7 @@ def _open(path: Path) -> h5py.File:
     except OSError as err:
         text = " ".join(str(err).split())
         if "signature not found" in text:
-            raise LibraryError(f"{path}: not an mvbind library file (not HDF5); pass the file `cli.py index` "
+            raise LibraryError(f"{path}: not an mvbind library file (not HDF5); pass the file `mvbind index` "
                                "wrote") from None
         raise _damaged(path, text[:160]) from None
 
@@ -384,14 +384,14 @@ def _header(path: Path, f: h5py.File) -> dict:
     if isinstance(fmt, bytes):
         fmt = fmt.decode()
     if fmt != FORMAT:
-        raise LibraryError(f"{path}: not an mvbind library file (format {fmt!r}); pass the file `cli.py index` wrote")
+        raise LibraryError(f"{path}: not an mvbind library file (format {fmt!r}); pass the file `mvbind index` wrote")
     version = int(f.attrs.get("version", -1))
     if version > VERSION:
         raise LibraryError(f"{path}: library format version {version} is newer than this mvbind reads "
-                           f"(version {VERSION}); upgrade mvbind or rebuild the library with `cli.py index`")
+                           f"(version {VERSION}); upgrade mvbind or rebuild the library with `mvbind index`")
     if version != VERSION:
         raise LibraryError(f"{path}: library format version {version}, this mvbind reads version {VERSION}; "
-                           "rebuild the library with `cli.py index`")
+                           "rebuild the library with `mvbind index`")
     try:
         return json.loads(f.attrs["meta"])
     except (KeyError, ValueError, TypeError) as err:
