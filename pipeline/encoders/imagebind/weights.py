@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from mvbind.errors import MvbindError, reason
+from mvbind.pipeline.config.paths import mvbind_home
 
 if TYPE_CHECKING:
     from mvbind.pipeline.encoders.imagebind.model import ImageBindAV
@@ -45,9 +46,8 @@ _TIMEOUT_S = 60.0
 
 
 def default_weights_path() -> Path:
-    """``$MVBIND_HOME/imagebind_huge.pth``, else ``~/.cache/mvbind/imagebind_huge.pth``."""
-    home = os.environ.get("MVBIND_HOME") or Path.home() / ".cache" / "mvbind"
-    return Path(home).expanduser() / WEIGHTS_FILENAME
+    """``$MVBIND_HOME/imagebind_huge.pth`` (``~/.cache/mvbind`` when unset)."""
+    return mvbind_home() / WEIGHTS_FILENAME
 
 
 def resolve_weights(
