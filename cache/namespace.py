@@ -33,6 +33,7 @@ from mvbind.cache.shards import (
     Row,
     ShardData,
     WindowData,
+    _reason,
     read_keys,
     read_rows,
     read_shard,
@@ -387,25 +388,37 @@ class Namespace:
 
     # -- summary --------------------------------------------------------------------------
     def info(self) -> dict:
+        """Counts that are true: unique keys (a key in two shards counts once), how many rows are
+        duplicates, and which shards could not be read (named, never silently skipped)."""
+        import h5py
+
         shards = self.shard_paths()
-        items = with_audio = 0
+        seen: set[str] = set()
+        rows = with_audio = 0
+        damaged: list[str] = []
         for path in shards:
             try:
-                import h5py
-
                 with h5py.File(path, "r") as f:
-                    items += int(f.attrs["n_items"])
-                    with_audio += int(f["audio_mask"][:].sum())
-            except Exception:  # noqa: BLE001 - info must not crash on a damaged shard
+                    keys = f["key"].asstr()[:]
+                    mask = f["audio_mask"][:].astype(bool)
+            except Exception as err:  # noqa: BLE001 - info reports a damaged shard instead of crashing
+                damaged.append(f"{path.name}: {_reason(err)}")
                 continue
+            rows += len(keys)
+            for key, has_audio in zip(keys, mask):
+                if key not in seen:
+                    seen.add(key)
+                    with_audio += bool(has_audio)
         size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
         return {
             "fingerprint": self.fingerprint,
             "path": str(self.root),
             "created": self.created,
             "shards": len(shards),
-            "items": items,
-            "items_without_audio": items - with_audio,
+            "items": len(seen),
+            "duplicate_rows": rows - len(seen),
+            "items_without_audio": len(seen) - with_audio,
+            "damaged_shards": damaged,
             "failures": len(self.failures()),
             "bytes": size,
             "settings": self.settings,

@@ -6,8 +6,11 @@ Run as `mvbind …` (the console script), `python -m mvbind …`, or `python cli
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -55,15 +58,59 @@ def resolve_config(config_path: str | None, sets: tuple[str, ...], flags: dict[s
     return load_config(config_path, overrides)
 
 
+# What to do about an OS error, by errno: the second half of its one-line message.
+_OS_FIXES = {
+    errno.ENOSPC: "the disk is full; free space or point paths.cache / paths.runs / library.dir elsewhere",
+    errno.EDQUOT: "the disk quota is exhausted; free space or point paths.cache elsewhere",
+    errno.EROFS: "the file system is read-only; choose a writable folder",
+    errno.EACCES: "permission denied; choose a folder you can write to (or fix its permissions)",
+    errno.EPERM: "operation not permitted; choose a folder you can write to",
+    errno.ENOTDIR: "a part of this path is a file, not a folder; choose a folder",
+    errno.EISDIR: "this is a folder, not a file; pass a file",
+    errno.ENOENT: "no such file or folder; check the path",
+}
+
+
+def os_error_line(err: BaseException) -> str | None:
+    """One line for an OS-level failure (also h5py's, which wrap errno in a RuntimeError), else None."""
+    code = getattr(err, "errno", None)
+    if code is None and isinstance(err, RuntimeError):
+        found = re.search(r"errno = (\d+)", str(err))
+        code = int(found.group(1)) if found else None
+    if code is None:
+        return None
+    name = getattr(err, "filename", None)
+    what = os.strerror(code)
+    fix = _OS_FIXES.get(code, "check the path and try again")
+    return f"{name}: {what}; {fix}" if name else f"{what}; {fix}"
+
+
+def debugging() -> bool:
+    """`mvbind --debug …` (this invocation) or MVBIND_DEBUG=1: tracebacks instead of one-line errors."""
+    ctx = click.get_current_context(silent=True)
+    flag = bool(ctx is not None and ctx.find_root().params.get("debug"))
+    return flag or os.environ.get("MVBIND_DEBUG", "") not in ("", "0")
+
+
 def one_line_errors(func: Callable) -> Callable:
-    """Report MvbindError as one line on stderr and exit 2, instead of a traceback."""
+    """Report a user-facing failure as one line on stderr and exit 2, instead of a traceback:
+    MvbindError (a bad file or setting), and OS errors (disk full, read-only, permissions, a file
+    where a folder should be) with the fix. `--debug` (MVBIND_DEBUG=1) shows the traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except MvbindError as err:
+            if debugging():
+                raise
             click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+        except (OSError, RuntimeError) as err:
+            line = os_error_line(err)
+            if line is None or debugging():
+                raise
+            click.echo(f"error: {line}", err=True)
             sys.exit(2)
 
     return wrapper
@@ -285,7 +332,8 @@ def recommend_command(videos, config_path, sets, library, run, k, as_json, previ
 
 # ── the table: sub-command → command ────────────────────────────────────────────────────────
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors (also MVBIND_DEBUG=1).")
+def cli(debug: bool) -> None:
     """mvbind: recommend background music for short videos (MVBind on ImageBind)."""
 
 

@@ -30,7 +30,7 @@ def reason(err: BaseException, limit: int = 160) -> str:
 def open_reason(err: OSError) -> str:
     """Why a file could not be opened for reading, in words a user can act on."""
     if isinstance(err, FileNotFoundError):
-        return "file not found (moved or deleted before it was read)"
+        return "file not found (no such file at that path)"
     if isinstance(err, IsADirectoryError):
         return "is a directory, not a media file"
     return f"unreadable ({err.strerror or err})"

@@ -45,6 +45,11 @@ def format_info(infos: list[dict], cache_dir, verbose: bool = False) -> list[str
                      f"  → {shapes.get('audio')}")
         lines.append(f"    video: {_layout(v, ('frames_per_clip', 'size', 'crops', 'remove_borders'))}"
                      f"  → {shapes.get('video')}")
+        if info.get("duplicate_rows"):
+            lines.append(f"    {info['duplicate_rows']} duplicate row(s) across shards "
+                         "(counted once; the first copy is read)")
+        for damaged in info.get("damaged_shards", []):
+            lines.append(f"    damaged shard {damaged} (skipped by readers; the next extract re-does its items)")
         lines.append(f"    path: {info['path']}")
         if verbose:
             lines.extend("    " + ln for ln in json.dumps(s, indent=2).splitlines())

@@ -14,6 +14,7 @@ import pytest
 
 from mvbind.cache import CacheError, FeatureCache, Row, fingerprint, partition_of
 from mvbind.cache.shards import TMP_PREFIX
+from mvbind.stages.cache_info import format_info
 
 SETTINGS = {"encoder": {"name": "test"}, "shapes": {"audio": [3, 8], "video": [15, 8]}}
 
@@ -177,3 +178,19 @@ def test_lock_excludes_a_second_writer_and_dies_with_its_holder(tmp_path):
         except CacheError:
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+def test_info_counts_unique_keys_and_names_damaged_shards(tmp_path):
+    # The same key committed twice (two partitions racing, overlapping runs) is one item; a shard
+    # that can't be read is reported by name, not silently left out of the counts.
+    ns = FeatureCache(tmp_path).create(SETTINGS)
+    a, b, c, d = rows(4, start=1)  # row 3 (c) has no audio
+    ns.write_shard([a, b])
+    ns.write_shard([b, c])
+    bad = ns.write_shard([d])
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated: unreadable
+    info = ns.info()
+    assert info["items"] == 3 and info["duplicate_rows"] == 1 and info["items_without_audio"] == 1
+    assert len(info["damaged_shards"]) == 1 and info["damaged_shards"][0].startswith(bad.name)
+    lines = format_info([info], tmp_path)
+    assert any("1 duplicate row(s)" in ln for ln in lines) and any(f"damaged shard {bad.name}" in ln for ln in lines)

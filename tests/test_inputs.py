@@ -57,3 +57,25 @@ def test_bad_manifests_name_the_file_and_line(tmp_path, name, text, message):
 def test_missing_source(tmp_path):
     with pytest.raises(ConfigError, match="no such folder or manifest"):
         list_inputs(tmp_path / "nope")
+
+
+def test_a_csv_with_a_byte_order_mark_reads_like_any_other(tmp_path):
+    # Spreadsheet programs save CSV as UTF-8 with a BOM; the first column is still called "path".
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "m.csv").write_bytes("\ufeffpath,music_id\na.mp4,7\n".encode())
+    items = list_inputs(tmp_path / "m.csv")
+    assert [(os.path.basename(i.path), i.music_id) for i in items] == [("a.mp4", "7")]
+
+
+def test_a_manifest_that_is_not_utf8_is_one_line_naming_file_and_line(tmp_path):
+    (tmp_path / "m.csv").write_bytes(b"path\nok.mp4\ncaf\xe9.mp4\n")
+    with pytest.raises(ConfigError, match=r"m\.csv line 3: not UTF-8 text \(byte 0xe9\); save the manifest as UTF-8"):
+        list_inputs(tmp_path / "m.csv")
+
+
+@pytest.mark.parametrize("name,content", [("m.csv", "path\n"), ("m.jsonl", "\n\n"), ("m.csv", "")])
+def test_an_empty_manifest_is_an_error_whatever_its_format(tmp_path, name, content):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ConfigError) as err:
+        list_inputs(tmp_path / name)
+    assert "\n" not in str(err.value) and name in str(err.value)

@@ -20,6 +20,7 @@ from mvbind.pipeline.config import load_config
 from mvbind.pipeline.encoders.imagebind.audio import AudioSettings, decode_audio, waveform_inputs
 from mvbind.pipeline.encoders.imagebind.encoder import imagebind_windows
 from mvbind.pipeline.encoders.imagebind.model import build_imagebind
+from mvbind.pipeline.library.locate import library_path
 from mvbind.pipeline.library.store import (
     LibraryError,
     build_faiss,
@@ -351,3 +352,14 @@ def test_index_refuses_a_folder_without_music(tmp_path):
     (bad / "x.mp3").write_text("nope")
     with pytest.raises(LibraryError, match="none of its 1 music file"):
         index(tiny_config(tmp_path), bad, progress=False, notify=lambda m: None)
+
+
+@pytest.mark.parametrize("name", ["../../etc/x", "/tmp/x", "a/b", "..", ".hidden", "x.mvlib.h5", ""])
+def test_a_library_name_never_escapes_its_folder(tmp_path, name):
+    # `index --name NAME` writes <library.dir>/NAME.mvlib.h5 and nothing else; a path needs --out.
+    config = load_config(overrides={"library.dir": str(tmp_path / "libs")})
+    with pytest.raises(LibraryError, match=r"^--name .*: a library name is a plain name") as err:
+        library_path(config, None, name, tmp_path / "music")
+    assert "\n" not in str(err.value) and not list(tmp_path.rglob("*.mvlib.h5"))
+    assert library_path(config, None, "my-lib_2", tmp_path) == tmp_path / "libs" / "my-lib_2.mvlib.h5"
+    assert library_path(config, tmp_path / "any" / "where.h5", None, tmp_path) == tmp_path / "any" / "where.h5"

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from mvbind.pipeline.config import Config, expand_path
 from mvbind.pipeline.library.store import SUFFIX, LibraryError
 
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
 
 def library_path(config: Config, out: str | Path | None, name: str | None, source: str | Path) -> Path:
+    """Where `index` writes: `out` (an explicit path), else <library.dir>/NAME.mvlib.h5.
+
+    A name is a plain name that stays inside library.dir: `../x`, `/tmp/x` or `a/b` are refused
+    (use --out for a path). Without a name, SOURCE's name is made into one.
+    """
     if out:
         return Path(out)
     base = expand_path(config.library.dir)
+    if name is not None:
+        if not NAME_RE.match(name) or name.endswith(SUFFIX):
+            raise LibraryError(f"--name {name!r}: a library name is a plain name (letters, digits, '.', '_', '+', "
+                               f"'-', starting with a letter or digit) inside {base}; to write elsewhere pass "
+                               "--out PATH")
+        return base / f"{name}{SUFFIX}"
     src = Path(source)
     stem = src.name if src.is_dir() else src.stem
     if not src.is_dir() and stem.lower() == "manifest":  # library/manifest.csv -> "library"
         stem = src.resolve().parent.name
-    return base / f"{name or stem or 'library'}{SUFFIX}"
+    stem = re.sub(r"[^A-Za-z0-9._+-]+", "-", stem).strip(".-") or "library"
+    return base / f"{stem}{SUFFIX}"
 
 
 def resolve_library(config: Config, value: str | Path) -> Path:

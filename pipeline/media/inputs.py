@@ -38,11 +38,19 @@ def list_inputs(source: str | Path, extensions: tuple[str, ...] = VIDEO_EXTENSIO
     if not source.exists():
         raise ConfigError(f"{source}: no such folder or manifest; pass a folder of videos or a .csv/.jsonl manifest")
     suffix = source.suffix.lower()
-    if suffix == ".csv":
-        return _read_csv(source)
-    if suffix in (".jsonl", ".ndjson"):
-        return _read_jsonl(source)
-    raise ConfigError(f"{source}: not a folder or a manifest; manifests must end in .csv or .jsonl")
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
+        raise ConfigError(f"{source}: not a folder or a manifest; manifests must end in .csv or .jsonl")
+    try:
+        items = _read_csv(source) if suffix == ".csv" else _read_jsonl(source)
+    except UnicodeDecodeError as err:
+        line = source.read_bytes()[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{source} line {line}: not UTF-8 text (byte 0x{err.object[err.start]:02x}); "
+                          "save the manifest as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"{source}: cannot read the manifest ({err.strerror or err})") from None
+    if not items:
+        raise ConfigError(f"{source}: the manifest lists no inputs; add one row per file (a 'path' column)")
+    return items
 
 
 def _scan_folder(root: Path, extensions: tuple[str, ...]) -> list[InputItem]:
@@ -72,7 +80,7 @@ def _item(manifest: Path, where: str, record: dict) -> InputItem:
 
 
 def _read_csv(manifest: Path) -> list[InputItem]:
-    with open(manifest, newline="", encoding="utf-8") as f:
+    with open(manifest, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not any(
             str(n).strip().lower() in COLUMNS["path"] for n in reader.fieldnames
@@ -83,7 +91,7 @@ def _read_csv(manifest: Path) -> list[InputItem]:
 
 def _read_jsonl(manifest: Path) -> list[InputItem]:
     items = []
-    with open(manifest, encoding="utf-8") as f:
+    with open(manifest, encoding="utf-8-sig") as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
                 continue
