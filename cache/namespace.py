@@ -425,6 +425,29 @@ class Namespace:
         }
 
 
+def verify_namespace(ns: Namespace) -> dict:
+    """Read every byte of every shard (checksums included) and report: damaged shards (named, with
+    the reason; left in place), duplicate keys across shards, and the true count of unique items."""
+    seen: dict[str, str] = {}
+    damaged: list[dict] = []
+    duplicates = rows = 0
+    for path in ns.shard_paths():
+        try:
+            data = read_shard(path)  # every dataset, so a bad checksum anywhere shows
+            read_windows(path)
+        except DamagedShard as err:
+            damaged.append({"shard": path.name, "reason": str(err)})
+            continue
+        rows += len(data)
+        for key in data.keys.astype(str):
+            if key in seen:
+                duplicates += 1
+            else:
+                seen[key] = path.name
+    return {"fingerprint": ns.fingerprint, "path": str(ns.root), "shards": len(ns.shard_paths()),
+            "items": len(seen), "rows": rows, "duplicate_rows": duplicates, "damaged": damaged}
+
+
 class KeyIndex:
     """Where each committed key lives, for looking items up while other jobs keep writing.
 
@@ -518,13 +541,16 @@ class FeatureCache:
         if not meta_path.exists():
             root.mkdir(parents=True, exist_ok=True)
             tmp = root / f".settings-{uuid.uuid4().hex[:8]}.json"
-            tmp.write_text(json.dumps({"fingerprint": fp, "created": time.time(), "settings": settings}, indent=2))
             try:
+                tmp.write_text(json.dumps({"fingerprint": fp, "created": time.time(), "settings": settings},
+                                          indent=2))
                 os.link(tmp, meta_path)  # atomic create-if-absent: concurrent creators agree
             except FileExistsError:
                 pass
+            except OSError as err:
+                raise OSError(err.errno, err.strerror, str(meta_path)) from err  # name the file
             finally:
-                tmp.unlink()
+                tmp.unlink(missing_ok=True)  # never a partial settings file left behind (e.g. disk full)
         ns = Namespace(root)
         if ns.fingerprint != fp:
             raise CacheError(f"{meta_path}: fingerprint {ns.fingerprint[:16]}… does not match its directory; "

@@ -13,6 +13,7 @@ windows are rows ``win_offsets[i]:win_offsets[i + 1]``. Shards without them read
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,8 +109,10 @@ def write_shard(
                 f.attrs[k] = v
             f.create_dataset("key", data=[r.key for r in rows], dtype=STR)
             f.create_dataset("path", data=np.array([os.fsencode(r.path) for r in rows], dtype=object), dtype=BYTES)
-            f.create_dataset("audio", data=audio, chunks=True if n else None)
-            f.create_dataset("video", data=video, chunks=True if n else None)
+            # HDF5's per-chunk Fletcher-32 checksum on the embeddings: a flipped byte is a read error
+            # (the shard is quarantined and its items re-extracted), not a silently wrong vector.
+            f.create_dataset("audio", data=audio, chunks=True if n else None, fletcher32=bool(n))
+            f.create_dataset("video", data=video, chunks=True if n else None, fletcher32=bool(n))
             f.create_dataset("audio_mask", data=audio_mask)
             f.create_dataset("video_mask", data=video_mask)
             f.create_dataset("duration", data=np.array([r.duration for r in rows], np.float32))
@@ -121,10 +124,21 @@ def write_shard(
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         _fsync_dir(directory)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        code = _errno_of(err)
+        if code is not None and not getattr(err, "filename", None):  # h5py hides errno in RuntimeError text
+            raise OSError(code, os.strerror(code), str(final)) from err
         raise
     return final
+
+
+def _errno_of(err: BaseException) -> int | None:
+    code = getattr(err, "errno", None)
+    if code is None and isinstance(err, RuntimeError):
+        found = re.search(r"errno = (\d+)", str(err))
+        code = int(found.group(1)) if found else None
+    return code
 
 
 def _write_windows(f: h5py.File, rows: list[Row], dim: int) -> None:
@@ -141,7 +155,7 @@ def _write_windows(f: h5py.File, rows: list[Row], dim: int) -> None:
                                  f"{0 if r.window_starts is None else len(r.window_starts)} window starts")
             audio[lo:hi] = r.windows
             starts[lo:hi] = r.window_starts
-    f.create_dataset("win_audio", data=audio, chunks=True if total else None)
+    f.create_dataset("win_audio", data=audio, chunks=True if total else None, fletcher32=bool(total))
     f.create_dataset("win_start", data=starts)
     f.create_dataset("win_offsets", data=offsets)
 
@@ -268,4 +282,7 @@ def _check_layout(f: h5py.File) -> int:
 
 
 def _reason(err: Exception) -> str:
-    return f"unreadable HDF5 ({reason(err)})"
+    text = reason(err)
+    if "filter returned failure" in text or "fletcher32" in text.lower():
+        return "checksum mismatch in the embeddings (damaged bytes); its items will be extracted again"
+    return f"unreadable HDF5 ({text})"

@@ -22,7 +22,7 @@ from mvbind.errors import MvbindError
 from mvbind.pipeline.binding.report import markdown_table
 from mvbind.pipeline.config import Config, load_config
 from mvbind.pipeline.console import say
-from mvbind.stages.cache_info import cache_info, format_info
+from mvbind.stages.cache_info import cache_info, cache_verify, format_info, format_verify
 from mvbind.stages.demo import run_demo
 from mvbind.stages.demo_data import demo_data
 from mvbind.stages.evaluate import evaluate
@@ -68,6 +68,7 @@ _OS_FIXES = {
     errno.ENOTDIR: "a part of this path is a file, not a folder; choose a folder",
     errno.EISDIR: "this is a folder, not a file; pass a file",
     errno.ENOENT: "no such file or folder; check the path",
+    errno.EFBIG: "a file size limit was hit (ulimit -f, or the file system's); raise it or write elsewhere",
 }
 
 
@@ -162,6 +163,25 @@ def extract_command(source, config_path, sets, cache_dir, arch, weights, device,
 @click.group()
 def cache_group() -> None:
     """Inspect the feature cache."""
+
+
+@cache_group.command("verify")
+@click.argument("prefix", required=False)
+@config_options
+@click.option("--cache-dir", help="Feature cache directory (paths.cache).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+@one_line_errors
+def verify_command(prefix, config_path, sets, cache_dir, as_json):
+    """Read every shard in full: damaged shards (checksums), duplicate keys, true item counts; exit 1 on damage."""
+    config = resolve_config(config_path, sets, {"paths.cache": cache_dir})
+    reports = cache_verify(config.cache_dir, prefix)
+    if as_json:
+        click.echo(json.dumps(reports, indent=2))
+    else:
+        for line in format_verify(reports) or [f"{config.cache_dir}: no namespaces"]:
+            click.echo(line)
+    if any(r["damaged"] for r in reports):
+        sys.exit(1)
 
 
 @cache_group.command("info")

@@ -36,7 +36,7 @@ from mvbind.pipeline.library.windows import WindowLayout, make_window_preparer, 
 from mvbind.pipeline.media.inputs import VIDEO_EXTENSIONS, InputItem, list_inputs
 
 # Outcomes of the worker step.
-OK, CACHED, ELSEWHERE, FAILED = "ok", "cached", "other partition", "failed"
+OK, CACHED, ELSEWHERE, FAILED, FAILED_BEFORE = "ok", "cached", "other partition", "failed", "failed before"
 
 
 @dataclass
@@ -55,9 +55,13 @@ class PrepareDataset(Dataset):
     """Map-style dataset over input items: hash, check the cache, decode, prepare (in workers)."""
 
     def __init__(self, items: list[InputItem], preparer, committed: frozenset[str],
-                 num_partitions: int, partition: int, require: tuple[str, ...]):
+                 num_partitions: int, partition: int, require: tuple[str, ...],
+                 failed_before: dict[str, str] | None = None):
         self.items = items
         self.preparer = preparer
+        # path -> content key of its recorded failure ("" if it could not be read): skipped while the
+        # file is still that content; a file replaced since (new content) is tried again.
+        self.failed_before = failed_before or {}
         self.committed = committed
         self.num_partitions = num_partitions
         self.partition = partition
@@ -72,7 +76,11 @@ class PrepareDataset(Dataset):
         try:
             key = content_key(path)
         except OSError as err:
+            if path in self.failed_before and not self.failed_before[path]:
+                return Work(index, FAILED_BEFORE)  # still unreadable, as recorded
             return Work(index, FAILED, reason=open_reason(err))
+        if self.failed_before.get(path) == key:
+            return Work(index, FAILED_BEFORE, key=key)
         if partition_of(key, self.num_partitions) != self.partition:
             return Work(index, ELSEWHERE, key=key)
         if key in self.committed:
@@ -194,17 +202,15 @@ def run_extraction(
     with ns.lock(ext.shard_index, ext.num_shards):
         ns.clean_temp_files(partition=ext.shard_index, num_partitions=ext.num_shards)
         committed = frozenset(ns.committed_keys())
-        earlier_failures = {f.path for f in ns.failures()}
-        if not ext.retry_failed:
-            todo = [it for it in items if it.path not in earlier_failures]
-            summary.skipped_failed = len(items) - len(todo)
-        else:
-            todo = items
+        failures = {f.path: f.key for f in ns.failures()}
+        earlier_failures = set(failures)
+        todo = items
         if not todo:
             summary.seconds = time.perf_counter() - t_start
             return summary
         preparer = make_preparer(config) if windows is None else make_window_preparer(config, windows)
-        dataset = PrepareDataset(todo, preparer, committed, ext.num_shards, ext.shard_index, require)
+        dataset = PrepareDataset(todo, preparer, committed, ext.num_shards, ext.shard_index, require,
+                                 failed_before=None if ext.retry_failed else failures)
         loader = DataLoader(
             dataset,
             batch_size=None,
@@ -232,7 +238,9 @@ def run_extraction(
             item = todo[work.index]
             if work.key:
                 summary.item_keys[item.path] = work.key
-            if work.status == ELSEWHERE:
+            if work.status == FAILED_BEFORE:
+                summary.skipped_failed += 1
+            elif work.status == ELSEWHERE:
                 summary.other_partition += 1
             elif work.status == CACHED:
                 summary.reused += 1

@@ -6,6 +6,7 @@ import json
 import time
 
 from mvbind.cache import FeatureCache
+from mvbind.cache.namespace import verify_namespace
 
 
 def human_bytes(n: float) -> str:
@@ -61,3 +62,21 @@ def _layout(section: dict, keys: tuple[str, ...]) -> str:
     parts = [f"{section.get('clips_per_video')} clips × {section.get('clip_duration')} s"]
     parts += [f"{k}={section[k]}" for k in keys if k in section]
     return ", ".join(parts)
+
+
+def cache_verify(cache_dir, prefix: str | None = None) -> list[dict]:
+    """Read every shard of each namespace in full (checksums included): damaged shards, duplicate
+    keys and true item counts. Damaged shards are reported, not moved (`extract` quarantines them)."""
+    cache = FeatureCache(cache_dir)
+    spaces = [cache.find(prefix)] if prefix else cache.namespaces()
+    return [verify_namespace(ns) for ns in spaces]
+
+
+def format_verify(reports: list[dict]) -> list[str]:
+    lines = []
+    for r in reports:
+        state = "ok" if not r["damaged"] else f"{len(r['damaged'])} damaged shard(s)"
+        lines.append(f"{r['fingerprint'][:16]}  {state}: {r['items']} items in {r['shards']} shards "
+                     f"({r['duplicate_rows']} duplicate rows)  {r['path']}")
+        lines.extend(f"    damaged {d['shard']}: {d['reason']}" for d in r["damaged"])
+    return lines

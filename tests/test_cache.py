@@ -11,9 +11,12 @@ import time
 import h5py
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from mvbind.cache import CacheError, FeatureCache, Row, fingerprint, partition_of
+from mvbind.cache.namespace import verify_namespace
 from mvbind.cache.shards import TMP_PREFIX
+from mvbind.cli import cli
 from mvbind.stages.cache_info import format_info
 
 SETTINGS = {"encoder": {"name": "test"}, "shapes": {"audio": [3, 8], "video": [15, 8]}}
@@ -194,3 +197,31 @@ def test_info_counts_unique_keys_and_names_damaged_shards(tmp_path):
     assert len(info["damaged_shards"]) == 1 and info["damaged_shards"][0].startswith(bad.name)
     lines = format_info([info], tmp_path)
     assert any("1 duplicate row(s)" in ln for ln in lines) and any(f"damaged shard {bad.name}" in ln for ln in lines)
+
+
+def _flip_inside(path, dataset):
+    """Flip one byte in the middle of `dataset`'s first stored chunk (the embeddings themselves)."""
+    with h5py.File(path, "r") as f:
+        info = f[dataset].id.get_chunk_info(0)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 2)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("dataset", ["audio", "video"])
+def test_a_flipped_byte_inside_an_embedding_block_is_detected(tmp_path, dataset):
+    # Fletcher-32 per chunk: the damage is a read error (quarantine, re-extract), never a wrong vector.
+    ns = FeatureCache(tmp_path).create(SETTINGS)
+    good = ns.write_shard(rows(4))
+    bad = ns.write_shard(rows(4, start=4))
+    _flip_inside(bad, dataset)
+    report = verify_namespace(ns)
+    assert [d["shard"] for d in report["damaged"]] == [bad.name] and report["items"] == 4
+    assert "checksum" in report["damaged"][0]["reason"].lower()
+    result = CliRunner().invoke(cli, ["cache", "verify", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 1 and f"damaged {bad.name}" in result.output
+    assert bad.exists()  # verify reports; it moves nothing
+    feats = ns.load()  # a reader quarantines it and goes on with the rest
+    assert len(feats) == 4 and not bad.exists() and (ns.root / "quarantine" / bad.name).exists() and good.exists()

@@ -1,11 +1,18 @@
 """The command line's error boundary: every user-facing failure is one line on stderr and exit 2."""
 
 import errno
+import re
+import resource
+import signal
+import subprocess
+import sys
 
+import h5py
 import pytest
 from click.testing import CliRunner
 
 from mvbind.cli import cli, os_error_line
+from tests.media import make_video
 
 
 def run(*args, env=None):
@@ -58,3 +65,32 @@ def test_debug_shows_the_traceback(tmp_path):
     assert run(*args).exit_code == 2
     result = run("--debug", *args)
     assert result.exit_code == 1 and isinstance(result.exception, OSError)
+
+
+@pytest.mark.parametrize("limit", [1024, 8192])
+def test_a_write_that_runs_out_of_room_is_one_line_and_leaves_nothing_partial(tmp_path, limit):
+    # A file-size limit makes every write past `limit` bytes fail (EFBIG) the way a full disk does
+    # (ENOSPC): the namespace's settings (~3 KB) or the first shard (~17 KB) can't be written. The
+    # command must end in one line, leave no temporary or partial file, and nothing it committed
+    # may be unreadable.
+    videos = tmp_path / "videos"
+    for i in range(3):
+        make_video(videos / f"v{i}.mp4", duration=2.0, size=(64, 112), freq=300 + 100 * i)
+    cache = tmp_path / "cache"
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "mvbind", "extract", str(videos), "--cache-dir", str(cache),
+                           "--set", "encoder.name=signal", "--workers", "0"], preexec_fn=limited,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = re.findall(r"error: [^\r\n]*", proc.stderr)  # (the progress bar shares stderr)
+    assert len(errors) == 1 and "size limit" in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert str(cache) in errors[0]  # names the file it could not write
+    leftovers = [p.name for p in cache.rglob("*") if p.name.startswith((".tmp-", ".settings-"))]
+    assert leftovers == []
+    for shard in cache.rglob("*.h5"):
+        with h5py.File(shard, "r") as f:
+            assert f["video"].shape[0] == f.attrs["n_items"]

@@ -187,17 +187,23 @@ def test_bad_input_never_stops_a_run(bad_inputs, tmp_path):
 
 
 def test_retry_failed(tmp_path):
+    # A failure is remembered with the file's content key: the same bad content is skipped on the
+    # next run (until --retry-failed); a file replaced with new content is simply tried again.
     folder = tmp_path / "v"
     folder.mkdir()
     (folder / "later.mp4").write_bytes(b"")
+    (folder / "broken.mp4").write_bytes(b"not a video" * 50)
     config = tiny_config(tmp_path / "cache")
-    assert len(extract(config, folder, progress=False).failed) == 1
-    make_video(folder / "later.mp4", duration=2.0)  # fixed by the user
-    assert extract(config, folder, progress=False).skipped_failed == 1
+    assert len(extract(config, folder, progress=False).failed) == 2
+    again = extract(config, folder, progress=False)
+    assert again.skipped_failed == 2 and not again.failed and again.extracted == 0
+    make_video(folder / "later.mp4", duration=2.0)  # fixed by the user: new content
+    fixed = extract(config, folder, progress=False)
+    assert fixed.extracted == 1 and fixed.skipped_failed == 1 and not fixed.failed
     retry = extract(tiny_config(tmp_path / "cache", **{"extract.retry_failed": "true"}), folder, progress=False)
-    assert retry.extracted == 1 and not retry.failed
+    assert retry.reused == 1 and [os.path.basename(p) for p, _ in retry.failed] == ["broken.mp4"]
     ns = FeatureCache(tmp_path / "cache").get(extractor_settings(config))
-    assert ns.failures() == []
+    assert [os.path.basename(f.path) for f in ns.failures()] == ["broken.mp4"]
 
 
 def test_partitions_fill_one_namespace_without_overlap(videos, tmp_path):

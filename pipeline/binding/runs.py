@@ -44,9 +44,13 @@ def claim_run_dir(run_dir: Path, overwrite: bool, markers: tuple[str, ...] = RUN
     run_dir.mkdir(parents=True)
 
 def write_json(path: Path, data) -> None:
+    """Write JSON atomically: a temporary file renamed into place; on failure nothing partial is left."""
     tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def find_run(config: Config, run: str | Path) -> Path:

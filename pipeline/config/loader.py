@@ -72,7 +72,7 @@ def _build_section(name: str, cls: type, values: dict[str, Any], origin: str) ->
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
-        where = f"{origin} [{name}] {key}"
+        where = f"{origin} [{name}] {_shown(key)}"
         if key not in known:
             raise ConfigError(f"{where}: unknown setting; valid keys in [{name}]: {', '.join(sorted(known))}")
         kwargs[key] = _coerce(where, value, hints[key])
@@ -106,7 +106,7 @@ def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None, o
         name, _, key = dotted.partition(".")
         if name not in sections or not key:
             raise ConfigError(
-                f"--set {dotted}: expected section.key with section one of {', '.join(sections)}"
+                f"--set {_shown(dotted)}: expected section.key with section one of {', '.join(sections)}"
             )
         merged[name][key] = value
     built = {
@@ -124,3 +124,8 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 __all__ = ["DEFAULT_CONFIG", "Config", "build_config", "expand_path", "load_config", "mvbind_home", "to_dict"]
+
+
+def _shown(text: str) -> str:
+    """A key as typed, quoted when it is empty or holds whitespace or control characters (one line)."""
+    return text if text and text.isprintable() and not any(c.isspace() for c in text) else repr(text)
