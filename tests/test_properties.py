@@ -9,7 +9,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mvbind.errors import ConfigError
@@ -17,7 +17,9 @@ from mvbind.pipeline.config import load_config
 from mvbind.pipeline.config.schema import SECTIONS
 from mvbind.pipeline.media.inputs import list_inputs
 
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples on every machine and run, so CI is reproducible (a failure found
+# once is kept below as an explicit @example).
+PROPERTY = settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 # Paths as people write them: spaces, commas, quotes, accents, CJK, emoji, relative and absolute.
 odd_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
@@ -40,6 +42,7 @@ def _one_line_or_items(source: Path) -> None:
 
 
 @PROPERTY
+@example(header=["path"], rows=[["~0"]], encoding="utf-8", blank_lines=False, newline="\n")  # ~user unknown
 @given(header=columns, rows=st.lists(st.lists(cells, max_size=6), max_size=6),
        encoding=st.sampled_from(["utf-8", "utf-8-sig", "latin-1", "utf-16"]),
        blank_lines=st.booleans(), newline=st.sampled_from(["\n", "\r\n"]))

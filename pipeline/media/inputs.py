@@ -73,7 +73,11 @@ def _item(manifest: Path, where: str, record: dict) -> InputItem:
     split = values["split"].lower()
     if split not in SPLITS:
         raise ConfigError(f"{manifest} {where}: split {values['split']!r}; use train, val, test or leave it empty")
-    path = Path(values["path"]).expanduser()
+    path = Path(values["path"])
+    try:
+        path = path.expanduser()
+    except RuntimeError:  # "~name" of a user that does not exist: the path as written
+        pass
     if not path.is_absolute():
         path = manifest.parent / path  # relative paths are relative to the manifest
     return InputItem(path=str(path), id=values["id"], music_id=values["music_id"], split=split)
