@@ -13,7 +13,6 @@ windows are rows ``win_offsets[i]:win_offsets[i + 1]``. Shards without them read
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mvbind.errors import reason
+from mvbind.errors import errno_of, reason
 
 SCHEMA_VERSION = 1
 TMP_PREFIX = ".tmp-"
@@ -126,19 +125,11 @@ def write_shard(
         _fsync_dir(directory)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        code = _errno_of(err)
+        code = errno_of(err)
         if code is not None and not getattr(err, "filename", None):  # h5py hides errno in RuntimeError text
             raise OSError(code, os.strerror(code), str(final)) from err
         raise
     return final
-
-
-def _errno_of(err: BaseException) -> int | None:
-    code = getattr(err, "errno", None)
-    if code is None and isinstance(err, RuntimeError):
-        found = re.search(r"errno = (\d+)", str(err))
-        code = int(found.group(1)) if found else None
-    return code
 
 
 def _write_windows(f: h5py.File, rows: list[Row], dim: int) -> None:

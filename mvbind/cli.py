@@ -10,7 +10,6 @@ import errno
 import functools
 import json
 import os
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import click
 
-from mvbind.errors import MvbindError
+from mvbind.errors import MvbindError, errno_of
 from mvbind.pipeline.binding.report import markdown_table
 from mvbind.pipeline.config import Config, load_config
 from mvbind.pipeline.console import say
@@ -74,10 +73,7 @@ _OS_FIXES = {
 
 def os_error_line(err: BaseException) -> str | None:
     """One line for an OS-level failure (also h5py's, which wrap errno in a RuntimeError), else None."""
-    code = getattr(err, "errno", None)
-    if code is None and isinstance(err, RuntimeError):
-        found = re.search(r"errno = (\d+)", str(err))
-        code = int(found.group(1)) if found else None
+    code = errno_of(err)
     if code is None:
         return None
     name = getattr(err, "filename", None)

@@ -1,5 +1,7 @@
 """Errors that carry a one-line, user-facing reason."""
 
+import re
+
 
 class MvbindError(Exception):
     """Base class: str(err) is a one-line message that names the file or setting and the fix."""
@@ -34,3 +36,13 @@ def open_reason(err: OSError) -> str:
     if isinstance(err, IsADirectoryError):
         return "is a directory, not a media file"
     return f"unreadable ({err.strerror or err})"
+
+
+def errno_of(err: BaseException) -> int | None:
+    """The errno of an OS-level failure: OSError's own, or the `errno = N` h5py writes into the text
+    of the RuntimeError it raises (e.g. a full disk while flushing a file); None otherwise."""
+    code = getattr(err, "errno", None)
+    if code is None and isinstance(err, RuntimeError):
+        found = re.search(r"errno = (\d+)", str(err))
+        code = int(found.group(1)) if found else None
+    return code

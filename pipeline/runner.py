@@ -202,8 +202,7 @@ def run_extraction(
     with ns.lock(ext.shard_index, ext.num_shards):
         ns.clean_temp_files(partition=ext.shard_index, num_partitions=ext.num_shards)
         committed = frozenset(ns.committed_keys())
-        failures = {f.path: f.key for f in ns.failures()}
-        earlier_failures = set(failures)
+        failures = {f.path: f.key for f in ns.failures()}  # path -> content key of its recorded failure
         todo = items
         if not todo:
             summary.seconds = time.perf_counter() - t_start
@@ -254,12 +253,12 @@ def run_extraction(
                 summary.decode_seconds += work.decode_seconds
                 batch.append(work)
                 if len(batch) >= config.encoder.batch_size:
-                    _embed_batch(embedder, batch, todo, buffer, summary, earlier_failures)
+                    _embed_batch(embedder, batch, todo, buffer, summary, failures)
                     batch = []
             bar.set_postfix(ok=summary.extracted + len(batch), cached=summary.reused, failed=len(summary.failed),
                             refresh=False)
         if batch:
-            _embed_batch(embedder, batch, todo, buffer, summary, earlier_failures)
+            _embed_batch(embedder, batch, todo, buffer, summary, failures)
         buffer.commit()
         bar.close()
     summary.seconds = time.perf_counter() - t_start
@@ -287,7 +286,7 @@ class _LazyEmbedder:
 
 
 def _embed_batch(embedder, batch: list[Work], todo: list[InputItem], buffer: ShardBuffer,
-                 summary: ExtractSummary, earlier_failures: set[str]) -> None:
+                 summary: ExtractSummary, earlier_failures: dict[str, str]) -> None:
     t0 = time.perf_counter()
     out = embedder.embed([w.prepared for w in batch])
     summary.infer_seconds += time.perf_counter() - t0

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from pathlib import Path
 
 from mvbind.errors import MvbindError
 from mvbind.pipeline.config import Config
+from mvbind.pipeline.config.paths import PLAIN_NAME
 from mvbind.pipeline.console import say
 
 RUN_MARKERS = ("config.json", "metrics.jsonl", "final_metrics.json")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 class RunError(MvbindError):
     """The run directory or the data can't be used as asked."""
@@ -22,7 +21,7 @@ class RunError(MvbindError):
 # -- run directory ----------------------------------------------------------------------
 def run_name(name: str | None) -> str:
     name = name or time.strftime("%Y%m%d-%H%M%S")
-    if not NAME_RE.match(name) or name in (".", ".."):
+    if not PLAIN_NAME.match(name) or name in (".", ".."):
         raise RunError(f"run name {name!r}: use letters, digits, '.', '_', '+' or '-', "
                        "starting with a letter or digit")
     return name

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+# A name that becomes a file or folder name (a run, an eval report, a library): it stays inside its
+# folder (no separators, no leading dot, never "." or "..").
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 def mvbind_home() -> Path:

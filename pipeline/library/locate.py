@@ -6,9 +6,8 @@ import re
 from pathlib import Path
 
 from mvbind.pipeline.config import Config, expand_path
+from mvbind.pipeline.config.paths import PLAIN_NAME
 from mvbind.pipeline.library.store import SUFFIX, LibraryError
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 def library_path(config: Config, out: str | Path | None, name: str | None, source: str | Path) -> Path:
@@ -21,7 +20,7 @@ def library_path(config: Config, out: str | Path | None, name: str | None, sourc
         return Path(out)
     base = expand_path(config.library.dir)
     if name is not None:
-        if not NAME_RE.match(name) or name.endswith(SUFFIX):
+        if not PLAIN_NAME.match(name) or name.endswith(SUFFIX):
             raise LibraryError(f"--name {name!r}: a library name is a plain name (letters, digits, '.', '_', '+', "
                                f"'-', starting with a letter or digit) inside {base}; to write elsewhere pass "
                                "--out PATH")
