@@ -29,7 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
 # ------------------------------------------------------------------------------ media
 def make_media(folder: Path, count: int, size: tuple[int, int], durations: tuple[float, float], fps: int) -> list[Path]:
     from tests.synth import make_video

@@ -140,8 +140,6 @@ def bench_search(sizes: list[int], dim: int, n_queries: int, k: int, target: flo
     return rows
 
 
-
-
 def make_tracks(folder: Path, n: int, seconds: float, sr: int = 22050) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(3)

@@ -27,7 +27,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
 def click_track(bpm: float, duration: float) -> str:
     period = 60.0 / bpm
     expr = f"0.8*sin(2*PI*1500*t)*lt(mod(t\\,{period:.6f})\\,0.015)"

@@ -32,6 +32,7 @@ from mvbind.stages.train import train
 
 # ── shared plumbing: --config/--set, one-line errors, in-process runs ──────────────────────────
 
+
 def config_options(func: Callable) -> Callable:
     """Add --config PATH and repeatable --set section.key=value to a click command."""
     func = click.option(

@@ -50,10 +50,6 @@ class Gallery:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-
-
-
-
 class _PairCache:
     """Load each namespace once, even when several runs share it."""
 

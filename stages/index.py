@@ -37,14 +37,6 @@ from mvbind.pipeline.runner import run_extraction
 MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")  # beside the music: not listed as skipped files
 
 
-
-
-
-
-
-
-
-
 # -- inputs and paths ---------------------------------------------------------------------------
 def library_inputs(source: str | Path) -> tuple[list[InputItem], list[tuple[str, str]]]:
     """Audio files of a folder (recursive) or manifest, and the folder's other files with the reason
@@ -63,10 +55,6 @@ def library_inputs(source: str | Path) -> tuple[list[InputItem], list[tuple[str,
                                 f"not an audio file ({ext or 'no extension'}; indexed: "
                                 f"{' '.join(AUDIO_EXTENSIONS)})"))
     return items, skipped
-
-
-
-
 
 
 def _claim(target: Path, overwrite: bool) -> None:

@@ -18,6 +18,7 @@ RUN_MARKERS = ("config.json", "metrics.jsonl", "final_metrics.json")
 class RunError(MvbindError):
     """The run directory or the data can't be used as asked."""
 
+
 # -- run directory ----------------------------------------------------------------------
 def run_name(name: str | None) -> str:
     name = name or time.strftime("%Y%m%d-%H%M%S")
@@ -25,6 +26,7 @@ def run_name(name: str | None) -> str:
         raise RunError(f"run name {name!r}: use letters, digits, '.', '_', '+' or '-', "
                        "starting with a letter or digit")
     return name
+
 
 def claim_run_dir(run_dir: Path, overwrite: bool, markers: tuple[str, ...] = RUN_MARKERS) -> None:
     """Create run_dir; an existing one is refused unless `overwrite`, and then removed loudly
@@ -41,6 +43,7 @@ def claim_run_dir(run_dir: Path, overwrite: bool, markers: tuple[str, ...] = RUN
         say(f"--overwrite: removing the existing directory {run_dir} ({len(entries)} entries)")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
+
 
 def write_json(path: Path, data) -> None:
     """Write JSON atomically: a temporary file renamed into place; on failure nothing partial is left."""
@@ -59,6 +62,7 @@ def find_run(config: Config, run: str | Path) -> Path:
             return candidate
     raise RunError(f"run {str(run)!r} not found (no {path}/cache.json, no {config.runs_dir / str(run)}/cache.json); "
                    "give a run name under paths.runs or a run directory")
+
 
 def _read(run_dir: Path, name: str) -> dict:
     try:

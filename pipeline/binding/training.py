@@ -26,14 +26,17 @@ def music_groups(pairs: PairSet, config: Config) -> MusicGroups:
                        use_music_id=t.music_id_groups, audio_threshold=t.audio_dup_threshold,
                        chunk_mb=config.eval.chunk_mb)
 
+
 def make_split(pairs: PairSet, groups: MusicGroups, config: Config) -> Split:
     t = config.train
     return assign_splits(pairs.keys, pairs.manifest_splits, groups.labels, val_fraction=t.val_fraction,
                          test_fraction=t.test_fraction, salt=t.split_salt, origins=pairs.shard_of)
 
+
 def skipped_note(pairs: PairSet) -> str | None:
     parts = [f"{v} without {k[3:]}" for k, v in pairs.skipped.items() if v]
     return f"skipped {', '.join(parts)} (no pair to learn from)" if parts else None
+
 
 def encode(model: BindingModel, video, audio, *, batch: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed row-aligned inputs with the model in eval mode, in batches."""
@@ -45,11 +48,14 @@ def encode(model: BindingModel, video, audio, *, batch: int = 8192) -> tuple[tor
             as_.append(model.encode_audio(torch.as_tensor(audio[s:s + batch])))
     return torch.cat(vs), torch.cat(as_)
 
+
 def val_summary(v2m: np.ndarray, m2v: np.ndarray, ks) -> dict:
     return {"video_to_music": summarize(v2m, ks), "music_to_video": summarize(m2v, ks)}
 
+
 def relabel(labels: np.ndarray) -> np.ndarray:
     return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+
 
 # -- training ----------------------------------------------------------------------------
 @dataclass
@@ -58,11 +64,13 @@ class _Data:
     audio: torch.Tensor
     groups: torch.Tensor  # (n,) int64
 
+
 def _inputs(pairs: PairSet, idx: np.ndarray, pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
     if pooling == "attention":
         return torch.from_numpy(pairs.video_clips[idx]), torch.from_numpy(pairs.audio_clips[idx])
     return (torch.from_numpy(np.ascontiguousarray(pairs.video[idx])),
             torch.from_numpy(np.ascontiguousarray(pairs.audio[idx])))
+
 
 def lr_at(step: int, *, base: float, floor: float, warmup: int, total: int) -> float:
     """Linear warm-up over `warmup` steps, then cosine decay from `base` to `floor` at `total`."""
@@ -70,6 +78,7 @@ def lr_at(step: int, *, base: float, floor: float, warmup: int, total: int) -> f
         return base * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * progress))
+
 
 def train_epoch(model: BindingModel, opt: torch.optim.Optimizer, loss_fn: BindingLoss, video: torch.Tensor,
                 audio: torch.Tensor, groups: torch.Tensor, *, batch_size: int, generator: torch.Generator,

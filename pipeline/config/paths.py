@@ -15,11 +15,13 @@ def mvbind_home() -> Path:
     """Where data lives by default: $MVBIND_HOME, else ~/.cache/mvbind (outside the source tree)."""
     return Path(os.environ.get("MVBIND_HOME") or Path.home() / ".cache" / "mvbind")
 
+
 def expand_path(value: str) -> Path:
     """Expand ${MVBIND_HOME}, other environment variables and ~ in a configured path."""
     env = dict(os.environ)
     env.setdefault("MVBIND_HOME", str(mvbind_home()))
     return Path(os.path.expanduser(_expand(value, env)))
+
 
 def _expand(value: str, env: dict[str, str]) -> str:
     for name, val in env.items():

@@ -15,10 +15,12 @@ from mvbind.pipeline.config.paths import expand_path
 
 ARCHS = ("huge", "small", "tiny")  # pipeline.imagebind presets; only huge has pretrained weights
 
+
 @dataclass
 class PathsConfig:
     cache: str = "${MVBIND_HOME}/cache"
     runs: str = "${MVBIND_HOME}/runs"
+
 
 @dataclass
 class EncoderConfig:
@@ -30,6 +32,7 @@ class EncoderConfig:
     precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
     batch_size: int = 8  # videos per forward pass
 
+
 @dataclass
 class ExtractConfig:
     workers: int = 2  # decoding processes feeding the model; 0 = decode in the main process
@@ -39,6 +42,7 @@ class ExtractConfig:
     num_shards: int = 1  # partitions: item belongs to partition hash(key) mod num_shards
     shard_index: int = 0
     retry_failed: bool = False
+
 
 @dataclass(frozen=True)
 class AudioSettings:
@@ -77,8 +81,8 @@ class VideoSettings:
     border_min_content: float = 0.2  # a smaller content box (fraction of a side) keeps the full frame
 
 
-
 FEATURE_VERSION = 2  # the signal encoder's: bump when its computation changes the values (2: shared decoder)
+
 
 @dataclass(frozen=True)
 class SignalSettings:
@@ -114,6 +118,7 @@ PROJECTORS = ("linear", "mlp")
 SELECT_METRICS = ("r1", "r5", "r10", "r25", "r50")
 
 EVAL_SPLITS = ("test", "val", "train")
+
 
 @dataclass
 class TrainConfig:
@@ -152,6 +157,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     device: str = "cpu"  # cpu | cuda | cuda:N (repeatable numbers are promised on CPU only)
 
+
 @dataclass
 class EvalConfig:
     ks: tuple[int, ...] = (1, 5, 10, 25, 50)
@@ -167,6 +173,7 @@ SEARCH_KINDS = ("auto", "exact", "faiss")
 
 PREVIEW_AUDIO = ("replace", "mix")
 
+
 @dataclass
 class LibraryConfig:
     dir: str = "${MVBIND_HOME}/libraries"  # where `index --name NAME` writes NAME.mvlib.h5 (and recommend finds it)
@@ -178,6 +185,7 @@ class LibraryConfig:
     faiss_target_recall: float = 0.98  # nprobe is raised at build time until recall@10 vs exact reaches this
     faiss_queries: int = 200  # probe queries for measuring that recall at build time
     seed: int = 0  # FAISS training sample and probe queries
+
 
 @dataclass
 class RecommendConfig:

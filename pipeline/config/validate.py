@@ -33,6 +33,7 @@ def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"setting {key}: {message}")
 
+
 def validate(config: Config) -> None:
     """Every range and choice check of every section, once; each error names the key and what would be valid."""
     validate_stage_two(config)
@@ -77,6 +78,7 @@ def validate(config: Config) -> None:
 
 def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
+
 
 def validate_stage_two(config) -> None:
     """Range checks for [train] and [eval]; errors name the key and what would be valid."""

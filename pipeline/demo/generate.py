@@ -607,7 +607,6 @@ def video_audio(track: TrackSpec, video: VideoSpec) -> np.ndarray:
     return x * env
 
 
-
 # --------------------------------------------------------------------------------------------
 # Video rendering
 

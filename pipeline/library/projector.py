@@ -64,6 +64,7 @@ class Projector:
         x = torch.from_numpy(clips) if self.spec.pooling == "attention" else torch.from_numpy(mean_pool(clips))
         return self.model.encode_video(x).numpy()
 
+
 def settings_diff(a: dict, b: dict, names: tuple[str, str] = ("run", "these settings"), limit: int = 3) -> str:
     """The first differing keys of two settings dicts, as 'key: x (a) vs y (b)'."""
     def flat(d, prefix=""):
@@ -80,6 +81,7 @@ def settings_diff(a: dict, b: dict, names: tuple[str, str] = ("run", "these sett
              for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k) and not k.startswith("shapes")]
     more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
     return "; ".join(diffs[:limit]) + more if diffs else "settings differ"
+
 
 def load_projector(config: Config, run: str | Path | None, video_settings: dict) -> Projector:
     """The run's projector (checked against these encoder settings), or the zero-shot identity."""
@@ -110,6 +112,7 @@ def load_projector(config: Config, run: str | Path | None, video_settings: dict)
     identity = {"kind": "run", "run": rd.name, "run_dir": str(rd.resolve()), "checkpoint_sha256": sha,
                 "epoch": meta.get("epoch"), "spec": spec.to_dict(), "trained_on": fp, "dim": spec.embed_dim}
     return Projector("run", identity, fp, model.eval(), spec)
+
 
 def check_compatible(library: Path, header: dict, projector: Projector) -> None:
     """Refuse, in one line, a library built for other encoder settings or another projector."""

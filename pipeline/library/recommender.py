@@ -40,6 +40,7 @@ class Recommendation:
     preview: str | None = None
     preview_audio: str | None = None
 
+
 @dataclass
 class RecommendReport:
     library: str
@@ -85,6 +86,7 @@ class RecommendReport:
             if rec.preview:
                 lines.append(f"preview ({rec.preview_audio}): {rec.preview}")
         return "\n".join(lines) + "\n"
+
 
 def fmt_time(seconds: float) -> str:
     m, s = divmod(max(0.0, float(seconds)), 60.0)

@@ -74,8 +74,6 @@ def window_settings(config: Config, layout: WindowLayout | None = None, *, downl
             "shapes": {"audio": [1, base["shapes"]["audio"][1]], "video": [1, base["shapes"]["video"][1]]}}
 
 
-
-
 class WindowPreparer:
     """path -> Prepared with one audio input per window and no video (CPU; pickled into workers).
 

@@ -26,6 +26,7 @@ _INT_SCALE = {
     np.dtype(np.int32): (0.0, 1.0 / 2147483648),
 }
 
+
 def decode_audio(path: str | os.PathLike[str]) -> tuple[Tensor, int]:
     """All channels of the best audio stream at its native rate: ((C, N) float32, sample rate).
 
@@ -56,6 +57,7 @@ def decode_audio(path: str | os.PathLike[str]) -> tuple[Tensor, int]:
     if waveform.shape[1] == 0:
         raise MediaError("audio stream is empty")
     return torch.from_numpy(np.ascontiguousarray(waveform)), rate
+
 
 def _decode_stream(
     container: av.container.InputContainer, stream: av.AudioStream
@@ -93,6 +95,7 @@ def _decode_stream(
             failures += 1
             if failures >= _MAX_DEMUX_FAILURES:
                 return chunks, rate, error
+
 
 def _frame_to_float32(
     frame: av.AudioFrame, converter: av.AudioResampler | None

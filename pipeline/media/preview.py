@@ -13,6 +13,7 @@ from mvbind.pipeline.media.ffmpeg import run_ffmpeg
 
 AUDIO_CODECS = {".webm": "libopus", ".ogv": "libvorbis", ".ogg": "libvorbis", ".avi": "libmp3lame"}  # else aac
 
+
 def _has_audio(path: Path) -> bool:
     import av
 
@@ -21,6 +22,7 @@ def _has_audio(path: Path) -> bool:
             return bool(c.streams.audio)
     except Exception:  # noqa: BLE001 - unreadable: let ffmpeg say why
         return False
+
 
 def write_preview(video: Path, track: Path, start: float, out_dir: Path, *, duration: float, mode: str = "replace",
                   mix_volume: float = 0.3, used: set[str] | None = None,

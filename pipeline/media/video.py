@@ -23,6 +23,7 @@ from mvbind.errors import MediaError, NoStreamError, reason
 # Decoders known to honour AVCodecContext.skip_frame per packet (verified against full decoding).
 _SKIP_NONREF_CODECS = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4", "vp8", "vp9"})
 
+
 @dataclass
 class DecodedVideo:
     """What `decode_video` read: the stream's frame count and average fps, and the frames asked for."""
@@ -67,6 +68,7 @@ def read_frames(path: str | Path, frame_numbers: list[int], *, threads: int = 0)
     """uint8 (H, W, 3) RGB frames by decord frame number, decoded selectively (for checks and tools)."""
     return decode_video(path, lambda count, fps: frame_numbers, threads=threads).frames
 
+
 def _open(path: Path) -> av.container.InputContainer:
     if not path.is_file():
         raise MediaError("file not found" if not path.exists() else "not a regular file")
@@ -77,12 +79,14 @@ def _open(path: Path) -> av.container.InputContainer:
     except av.FFmpegError as err:
         raise MediaError(f"cannot open: {reason(err)}") from err
 
+
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
     """The first video stream that is a real video (not cover art)."""
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:
             return stream
     raise NoStreamError("no video stream")
+
 
 @dataclass
 class _FrameIndex:
@@ -116,6 +120,7 @@ class _FrameIndex:
         i = bisect.bisect_right(self.key_pts, pts)
         return self.key_pts[i - 1] if i else None
 
+
 def _average_fps(stream: av.video.stream.VideoStream, index: _FrameIndex) -> float:
     """The stream's average frame rate (decord's get_avg_fps), with fallbacks where it is unknown."""
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
@@ -126,6 +131,7 @@ def _average_fps(stream: av.video.stream.VideoStream, index: _FrameIndex) -> flo
         if span > 0:
             return (index.count - 1) / span
     return 1.0
+
 
 class _Decoder:
     """Decode a sorted list of frame numbers to uint8 RGB arrays, seeking keyframe to keyframe."""
@@ -262,8 +268,10 @@ class _Decoder:
         for i in wanted:  # fewer pictures than packets: the last picture stands in
             out.setdefault(i, tail)
 
+
 class _FallBack(Exception):
     """Timestamps cannot be trusted for this file: decode sequentially."""
+
 
 def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None, interpolation: str | None = None
             ) -> np.ndarray:

@@ -27,6 +27,7 @@ def weights_setting(config: Config) -> Path | None:
         return expand_path(config.encoder.weights)
     return mvbind_home() / "imagebind_huge.pth"
 
+
 def imagebind_settings(config: Config, *, download: bool = False, progress: bool = True) -> dict:
     from mvbind.pipeline.encoders.imagebind.model import imagebind_config
     from mvbind.pipeline.encoders.imagebind.weights import file_digest, resolve_weights
@@ -48,6 +49,7 @@ def imagebind_settings(config: Config, *, download: bool = False, progress: bool
         "video": dataclasses.asdict(v),
         "shapes": {"audio": [a.clips_per_video, dim], "video": [v.clips_per_video * v.crops, dim]},
     }
+
 
 class ImageBindPreparer:
     """ImageBind's audio and vision inputs for one file (CPU; pickled into worker processes)."""
@@ -83,11 +85,13 @@ class ImageBindPreparer:
         return prepared(duration, audio=audio if audio is not None else audio_reason,
                         video=video if video is not None else video_reason)
 
+
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype (None = full fp32)."""
     if setting == "auto":
         return torch.float16 if device.type == "cuda" else None
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[setting]
+
 
 class ImageBindEmbedder:
     """Frozen ImageBind audio + vision encoders: per-clip embeddings, postprocessing kept."""
@@ -139,6 +143,7 @@ class ImageBindEmbedder:
                 out.append(flat[offset : offset + len(x)])
                 offset += len(x)
         return out
+
 
 class ImageBindBackend:
     """The encoder contract (see mvbind.pipeline.encoders)."""

@@ -87,8 +87,6 @@ def video_inputs(path: str | Path, settings: VideoSettings | None = None, *, thr
     return _video_inputs(Path(path), settings or VideoSettings(), threads)
 
 
-
-
 def _video_inputs(path: Path, settings: VideoSettings, threads: int) -> VideoInputs:
     chosen: dict[str, object] = {}
 
@@ -126,22 +124,8 @@ def _video_inputs(path: Path, settings: VideoSettings, threads: int) -> VideoInp
 # Container, stream, index
 
 
-
-
-
-
-
-
-
-
 # ---------------------------------------------------------------------------------------------
 # Selective decoding
-
-
-
-
-
-
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ def signal_settings(config, *, download: bool = False, progress: bool = True) ->
                    "video": [v.clips_per_video, len(_video_spec(s))]},
     }
 
+
 def warm_up(settings: SignalSettings) -> None:
     """Import librosa (numba) and compile its kernels in the main process before the DataLoader
     forks its workers: the workers inherit them instead of each paying seconds, and numba/LLVM is
@@ -54,6 +55,7 @@ def warm_up(settings: SignalSettings) -> None:
     clicks = np.zeros(int(settings.sample_rate * max(2.0, settings.min_tempo_window + 0.5)), np.float32)
     clicks[:: settings.sample_rate // 2] = 1.0
     waveform_features(clicks, settings, clip_duration=1.0, clips_per_video=1)
+
 
 class SignalPreparer:
     """path -> Prepared with the features as tensors (CPU; pickled into worker processes)."""
@@ -90,6 +92,7 @@ class SignalPreparer:
         return prepared(duration, audio=audio if audio is not None else audio_reason,
                         video=video if video is not None else video_reason)
 
+
 class SignalEmbedder:
     """Identity: the prepared features are the embeddings."""
 
@@ -104,6 +107,7 @@ class SignalEmbedder:
             return None if x is None else np.ascontiguousarray(x.numpy(), dtype=np.float32)
 
         return {m: [out(it.get(m)) for it in items] for m in ("audio", "video")}
+
 
 class SignalBackend:
     """The encoder contract (see mvbind.pipeline.encoders)."""

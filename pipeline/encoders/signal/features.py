@@ -125,8 +125,6 @@ def _standardise(raw: np.ndarray, spec: list[tuple[str, float, float]]) -> np.nd
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # Audio
 
@@ -453,7 +451,6 @@ def _hsv_hist(hsv: np.ndarray) -> np.ndarray:
 
     hist = cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel()
     return hist / max(float(hist.sum()), 1.0)
-
 
 
 # ---------------------------------------------------------------------------------------------
