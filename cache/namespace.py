@@ -34,6 +34,7 @@ from mvbind.cache.shards import (
     ShardData,
     WindowData,
     _reason,
+    read_catalog,
     read_keys,
     read_rows,
     read_shard,
@@ -157,6 +158,21 @@ class Namespace:
             except DamagedShard as err:
                 self.quarantine(path, str(err))
         return keys
+
+    def catalog(self) -> Iterator[tuple[str, str, bool, bool, float]]:
+        """(key, source path, has video, has audio, duration) of every committed item, first copy of a key
+        only, in shard order; reads no embeddings."""
+        seen: set[str] = set()
+        for path in self.shard_paths():
+            try:
+                cat = read_catalog(path)
+            except DamagedShard as err:
+                self.quarantine(path, str(err))
+                continue
+            for i, key in enumerate(cat.keys):
+                if key not in seen:
+                    seen.add(key)
+                    yield key, cat.paths[i], bool(cat.video_mask[i]), bool(cat.audio_mask[i]), float(cat.duration[i])
 
     def iter_shards(self) -> Iterator[tuple[Path, ShardData]]:
         for path in self.shard_paths():

@@ -171,6 +171,31 @@ def read_keys(path: Path) -> list[str]:
         raise DamagedShard(_reason(err)) from None
 
 
+@dataclass
+class Catalog:
+    """What a shard holds, without the embeddings: enough to list and look up its items."""
+
+    keys: list[str]
+    paths: list[str]
+    video_mask: np.ndarray  # (n,) bool
+    audio_mask: np.ndarray  # (n,) bool
+    duration: np.ndarray  # (n,) float32
+
+
+def read_catalog(path: Path) -> Catalog:
+    """Keys, source paths, masks and durations of a shard (a few KB read, no embeddings)."""
+    try:
+        with h5py.File(path, "r") as f:
+            _check_layout(f)
+            return Catalog(keys=list(f["key"].asstr()[:]), paths=[os.fsdecode(p) for p in f["path"][:]],
+                           video_mask=f["video_mask"][:].astype(bool), audio_mask=f["audio_mask"][:].astype(bool),
+                           duration=f["duration"][:].astype(np.float32))
+    except DamagedShard:
+        raise
+    except Exception as err:  # noqa: BLE001 - h5py raises OSError/KeyError/ValueError/... for damaged files
+        raise DamagedShard(_reason(err)) from None
+
+
 def read_shard(path: Path) -> ShardData:
     """Everything in a shard, checked for consistent row counts."""
     try:

@@ -28,6 +28,7 @@ from mvbind.stages.evaluate import evaluate
 from mvbind.stages.extract import extract
 from mvbind.stages.index import index
 from mvbind.stages.recommend import recommend
+from mvbind.stages.serve import serve
 from mvbind.stages.train import train
 
 # ── shared plumbing: --config/--set, one-line errors, in-process runs ──────────────────────────
@@ -347,6 +348,26 @@ def recommend_command(videos, config_path, sets, library, run, k, as_json, previ
         click.echo(report.table(), nl=False)
 
 
+@click.command("serve")
+@config_options
+@click.option("--library", "library", required=True, help="Library file, or a name in library.dir (`mvbind index`).")
+@click.option("--run", default=None, help="The run the library was indexed with; without it: zero-shot.")
+@click.option("--host", default=None, help="Address to bind (serve.host, default 127.0.0.1: this machine only).")
+@click.option("--port", type=int, default=None, help="Port (serve.port, default 8000; 0 = any free port).")
+@click.option("--allow-remote", is_flag=True, help="Allow a --host other than localhost (the server has no login).")
+@click.option("--cache-dir", help="Feature cache directory (paths.cache).")
+@click.option("--arch", help="ImageBind architecture: huge, small or tiny (encoder.arch).")
+@click.option("--weights", help='Weights file, or "random" for random init (encoder.weights).')
+@click.option("--device", help="auto, cpu, cuda or cuda:N (encoder.device).")
+@one_line_errors
+def serve_command(config_path, sets, library, run, host, port, allow_remote, cache_dir, arch, weights, device):
+    """A web page (and JSON API) on which a person drops a video and hears the library's tracks that fit it."""
+    config = resolve_config(config_path, sets, {
+        "paths.cache": cache_dir, "encoder.arch": arch, "encoder.weights": weights, "encoder.device": device,
+        "serve.host": host, "serve.port": port})
+    serve(config, run=run, library=library, allow_remote=allow_remote)
+
+
 # ── the table: sub-command → command ────────────────────────────────────────────────────────
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors (also MVBIND_DEBUG=1).")
@@ -362,6 +383,7 @@ cli.add_command(train_command, "train")
 cli.add_command(eval_command, "eval")
 cli.add_command(index_command, "index")
 cli.add_command(recommend_command, "recommend")
+cli.add_command(serve_command, "serve")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,13 +14,16 @@ say nothing about real short videos or about ImageBind; for those, run the same 
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mvbind.pipeline.config import Config
+from mvbind.pipeline.config import Config, load_config, settings_toml
 
+SETTINGS_HEADER = ("Written by `mvbind demo`: the demo's settings over the defaults. Use it with any command,\n"
+                   "e.g. mvbind serve --config THIS_FILE --run demo --library demo")
 CAVEAT = ("The demo's music is generated and its visuals are rendered to follow it, so these numbers show that the "
           "pipeline works and learns a real correspondence — not how well it does on real short videos.")
 
@@ -41,7 +44,12 @@ def demo_config(workdir: Path, *, workers: int = 2, batch_size: int = 32) -> Con
     music groups from the generator's music ids."""
     from mvbind.pipeline.config import load_config
 
-    overrides = {
+    return load_config(None, demo_settings(workdir, workers=workers, batch_size=batch_size))
+
+
+def demo_settings(workdir: Path, *, workers: int = 2, batch_size: int = 32) -> dict:
+    """The demo's {"section.key": value} settings over the defaults (also written to WORKDIR/pipeline.toml)."""
+    return {
         "encoder.name": "signal",
         "paths.cache": str(workdir / "cache"),
         "paths.runs": str(workdir / "runs"),
@@ -60,7 +68,6 @@ def demo_config(workdir: Path, *, workers: int = 2, batch_size: int = 32) -> Con
         # different generated tracks can be near-identical, which would merge them into one group.
         "train.audio_dup_groups": False,
     }
-    return load_config(None, overrides)
 
 
 def run_demo(workdir: str | Path, *, videos: int = 300, library_tracks: int = 20, seed: int = 0, workers: int = 2,
@@ -74,10 +81,15 @@ def run_demo(workdir: str | Path, *, videos: int = 300, library_tracks: int = 20
     from mvbind.stages.recommend import recommend
     from mvbind.stages.train import train
 
+    shown = Path(workdir)
     workdir = Path(workdir).resolve()
     # A small collection (a quick try, a test) gets batches its train split (~60 %) can fill twice.
     batch_size = max(2, min(batch_size, int(0.6 * videos) // 2))
-    config = demo_config(workdir, workers=workers, batch_size=batch_size)
+    settings = demo_settings(workdir, workers=workers, batch_size=batch_size)
+    config = load_config(None, settings)
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings_file = workdir / "pipeline.toml"  # so `serve`, `recommend` and the rest can use the demo's data
+    settings_file.write_text(settings_toml(settings, header=SETTINGS_HEADER))
     seconds: dict[str, float] = {}
 
     def step(title: str, fn, *args, **kwargs):
@@ -126,7 +138,16 @@ def run_demo(workdir: str | Path, *, videos: int = 300, library_tracks: int = 20
     notify("")
     notify(CAVEAT)
     notify("Timing: " + ", ".join(f"{n} {s:.0f}s" for n, s in seconds.items()))
+    notify("")
+    notify("Drop a video on a web page and hear the tracks that fit it:")
+    notify(f"  {serve_command(shown)}")
     return DemoResult(workdir, run_dir, eval_dir, Path(lib.library), metrics, checks, seconds)
+
+
+def serve_command(workdir: Path) -> str:
+    """The command that opens the page on the demo's run and library (paths as the user gave them)."""
+    config = shlex.quote(str(Path(workdir) / "pipeline.toml"))
+    return f"mvbind serve --config {config} --run demo --library demo"
 
 
 def _existing_demo(manifest: Path) -> dict | None:

@@ -103,3 +103,17 @@ def test_loading_settings_imports_no_torch_or_pyav():
             "print(sorted(heavy)); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_settings_toml_round_trips_through_load_config(tmp_path):
+    from mvbind.pipeline.config import settings_toml
+
+    settings = {"encoder.name": "signal", "paths.cache": 'C:\\caches\\"quoted" ünï', "train.epochs": 7,
+                "train.lr": 2.5e-4, "train.audio_dup_groups": False, "eval.ks": [1, 5]}
+    path = tmp_path / "pipeline.toml"
+    path.write_text(settings_toml(settings, header="written by a test\nsecond line"))
+    assert path.read_text().startswith("# written by a test\n# second line\n")
+    config = load_config(path)
+    assert config.encoder.name == "signal" and config.paths.cache == 'C:\\caches\\"quoted" ünï'
+    assert config.train.epochs == 7 and config.train.lr == 2.5e-4 and config.train.audio_dup_groups is False
+    assert config.eval.ks == (1, 5) and config.library == load_config().library  # the rest stay the defaults

@@ -6,7 +6,11 @@ import json
 import re
 from pathlib import Path
 
+from fastapi.testclient import TestClient
+
+from mvbind.pipeline.config import load_config
 from mvbind.stages.demo import run_demo
+from mvbind.stages.serve import make_app
 
 # 20 videos of 2-2.5 s and tracks of 4-5 s: small, and still a real split to work with (seed 3: train 11, val 6,
 # test 3 videos, so two held-out videos to recommend for; the split hashes the files' bytes, so a change to the
@@ -34,6 +38,17 @@ def test_demo_runs_end_to_end_on_a_tiny_collection(tmp_path, one_thread):
     assert len(result.held_out) == 2 and all(c["video"] for c in result.held_out)
     assert "music is generated" in text
     assert "inputs 20: extracted 20, reused from cache 0" in text
+
+    # It ends with the command that opens the web page on its run and library; those settings serve.
+    command = lines[-1].strip()
+    settings = tmp_path / "demo" / "pipeline.toml"
+    assert command == f"mvbind serve --config {settings} --run demo --library demo", lines[-3:]
+    with TestClient(make_app(load_config(settings), run="demo", library="demo", progress=False)) as client:
+        tracks = len(list((tmp_path / "demo" / "data" / "library").glob("*.mp3")))
+        assert client.get("/api/health").json()["library"]["tracks"] == tracks
+        video = Path(result.held_out[0]["video"])
+        answer = client.post("/api/recommend", content=video.read_bytes(), params={"name": video.name, "k": 2})
+        assert answer.status_code == 200 and len(answer.json()["results"]) == 2, answer.text
 
     # A second run reuses the collection and the cache: nothing is generated or extracted again.
     data, cache = tmp_path / "demo" / "data", tmp_path / "demo" / "cache"

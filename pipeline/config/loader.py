@@ -118,6 +118,33 @@ def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None, o
     return config
 
 
+def settings_toml(overrides: dict[str, Any], header: str = "") -> str:
+    """A pipeline.toml holding just these {"section.key": value} settings (the rest stay the defaults).
+
+    Values are str, bool, int, float or lists of those; a JSON string literal is a valid TOML basic string."""
+    import json
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(str(v), ensure_ascii=False)
+
+    sections: dict[str, list[str]] = {}
+    for dotted, v in overrides.items():
+        name, _, key = dotted.partition(".")
+        if name not in SECTIONS or not key:
+            raise ConfigError(f"{dotted}: expected section.key with section one of {', '.join(SECTIONS)}")
+        sections.setdefault(name, []).append(f"{key} = {value(v)}")
+    lines = [f"# {line}" for line in header.splitlines()]
+    for name, entries in sections.items():
+        lines += ["", f"[{name}]", *entries]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
 def to_dict(config: Config) -> dict[str, Any]:
     """The resolved settings as plain data (for run directories and `cache info`)."""
     return {name: dataclasses.asdict(getattr(config, name)) for name in SECTIONS}

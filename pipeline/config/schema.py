@@ -198,6 +198,16 @@ class RecommendConfig:
 
 
 @dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"  # `mvbind serve`: localhost only; another address needs --allow-remote
+    port: int = 8000
+    k: int = 5  # tracks shown per video on the page (the API takes ?k=)
+    max_upload_mb: int = 200  # a bigger upload is refused (413) while it streams, before it is stored
+    keep_uploads: int = 32  # uploaded videos kept for playback; older ones are deleted
+    indexed_videos: int = 200  # at most this many already-extracted videos offered on the page
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -209,6 +219,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     library: LibraryConfig = field(default_factory=LibraryConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     source: str = "defaults"
 
     @property
@@ -231,4 +242,5 @@ SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "library": LibraryConfig,
     "recommend": RecommendConfig,
+    "serve": ServeConfig,
 }

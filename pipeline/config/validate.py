@@ -38,6 +38,7 @@ def validate(config: Config) -> None:
     """Every range and choice check of every section, once; each error names the key and what would be valid."""
     validate_stage_two(config)
     validate_library(config)
+    validate_serve(config)
     check_settings(config.signal)
     enc, ext, a, v = config.encoder, config.extract, config.audio, config.video
     names = encoder_names()
@@ -148,6 +149,17 @@ def validate_library(config) -> None:
            f"unknown mode {rec.preview_audio!r}; choose replace or mix")
     _check(math.isfinite(rec.preview_mix_volume) and 0 <= rec.preview_mix_volume <= 4,
            "recommend.preview_mix_volume", f"must be in [0, 4], got {rec.preview_mix_volume}")
+
+
+def validate_serve(config) -> None:
+    """Range checks for [serve]; whether a non-local host is allowed is the server's decision (--allow-remote)."""
+    s = config.serve
+    _check(bool(s.host.strip()), "serve.host", "must be an address, e.g. 127.0.0.1")
+    _check(0 <= s.port <= 65535, "serve.port", f"must be in [0, 65535] (0 = any free port), got {s.port}")
+    _check(s.k >= 1, "serve.k", f"must be >= 1, got {s.k}")
+    _check(s.max_upload_mb >= 1, "serve.max_upload_mb", f"must be >= 1, got {s.max_upload_mb}")
+    _check(s.keep_uploads >= 1, "serve.keep_uploads", f"must be >= 1, got {s.keep_uploads}")
+    _check(s.indexed_videos >= 0, "serve.indexed_videos", f"must be >= 0, got {s.indexed_videos}")
 
 
 def check_settings(s: SignalSettings) -> None:

@@ -103,6 +103,17 @@ class EmbeddedVideo:
     duration: float
     cached: bool  # read from the cache rather than embedded now
     reason: str = ""
+    seconds: dict = field(default_factory=dict)  # hash, read (cache), decode, encode
+
+
+@dataclass
+class IndexedVideo:
+    """A video already in the feature cache (committed by `extract` or an earlier recommendation)."""
+
+    key: str
+    path: str  # where it was read from when it was embedded (the server's path, never a client's)
+    duration: float
+    exists: bool  # the file is still there to be played
 
 
 class Recommender:
@@ -163,31 +174,60 @@ class Recommender:
     def embed(self, path: str | Path) -> EmbeddedVideo:
         """The video's per-clip embeddings: from the cache when committed, else computed in memory."""
         path = str(path)
+        t = time.perf_counter()
         try:
             key = content_key(path)
         except OSError as err:
             return EmbeddedVideo(path, "", None, 0.0, False, open_reason(err))
-        with self._lock:
-            index = self._key_index()
-            row = index.read(key) if index is not None else None
-        if row is not None and bool(row.video_mask[0]):
-            return EmbeddedVideo(path, key, row.video[0].astype(np.float32), float(row.duration[0]), True)
+        seconds = {"hash": time.perf_counter() - t}
+        cached = self.embed_key(key, path=path)
+        if cached is not None:
+            cached.seconds = {**seconds, **cached.seconds}
+            return cached
         if self._preparer is None:
             self._preparer = make_preparer(dataclasses.replace(
                 self.config, extract=dataclasses.replace(self.config.extract, workers=0)))
+        t = time.perf_counter()
         inputs = self._preparer(path)
+        seconds["decode"] = time.perf_counter() - t
         if inputs.get("video") is None:
-            return EmbeddedVideo(path, key, None, inputs.duration, False, inputs.reason("video"))
+            return EmbeddedVideo(path, key, None, inputs.duration, False, inputs.reason("video"), seconds)
+        t = time.perf_counter()
         with self._lock:
             if self._embedder is None:
                 self._embedder = make_embedder(self.config, progress=self._progress)
             out = self._embedder.embed([inputs])
+        seconds["encode"] = time.perf_counter() - t
         clips = out["video"][0].astype(np.float16)  # what the cache would store: cached and fresh results agree
         if self.cache_writes:
             audio = out["audio"][0]
             self._commit(Row(key=key, path=path, audio=None if audio is None else audio.astype(np.float16),
                              video=clips, duration=float(inputs.duration)))
-        return EmbeddedVideo(path, key, clips.astype(np.float32), float(inputs.duration), False)
+        return EmbeddedVideo(path, key, clips.astype(np.float32), float(inputs.duration), False, seconds=seconds)
+
+    def embed_key(self, key: str, *, path: str | None = None) -> EmbeddedVideo | None:
+        """A committed video's embeddings by its content key; None when the cache has no video for it."""
+        t = time.perf_counter()
+        with self._lock:
+            index = self._key_index()
+            row = index.read(key) if index is not None else None
+        if row is None or not bool(row.video_mask[0]):
+            return None
+        return EmbeddedVideo(path or row.paths[0], key, row.video[0].astype(np.float32), float(row.duration[0]),
+                             True, seconds={"read": time.perf_counter() - t})
+
+    def indexed_videos(self, limit: int | None = None) -> list[IndexedVideo]:
+        """Videos the feature cache already holds embeddings for (at most `limit`), in commit order."""
+        ns = self._find_namespace()
+        out: list[IndexedVideo] = []
+        if ns is None:
+            return out
+        for key, path, has_video, _has_audio, duration in ns.catalog():
+            if limit is not None and len(out) >= limit:
+                break
+            if has_video:
+                out.append(IndexedVideo(key, path, duration, os.path.isfile(path)))
+        return out
 
     def _commit(self, row: Row) -> None:
         try:
@@ -197,9 +237,14 @@ class Recommender:
             say(f"note: {row.path} was not written to the cache ({err})")
 
     # -- ranking --------------------------------------------------------------------------
-    def recommend(self, videos: Sequence[str | Path], *, k: int | None = None, search: str | None = None,
+    def recommend(self, videos: Sequence[str | Path | EmbeddedVideo], *, k: int | None = None,
+                  search: str | None = None, curves: bool = False,
                   notify: Callable[[str], None] = say) -> RecommendReport:
-        """Top-k library tracks for each video, with the suggested start in each track."""
+        """Top-k library tracks for each video, with the suggested start in each track.
+
+        `videos` are files, or `EmbeddedVideo`s from `embed`/`embed_key`. With `curves`, each result
+        also has "curve": the score of every window of the track, [[start s, score], ...], so a
+        caller can show where in the track the video fits."""
         t0 = time.perf_counter()
         rc = self.config.recommend
         lib = self.library
@@ -220,8 +265,11 @@ class Recommender:
 
         secs: dict[str, float] = {}
         t = time.perf_counter()
-        embedded = [self.embed(v) for v in videos]
+        embedded = [v if isinstance(v, EmbeddedVideo) else self.embed(v) for v in videos]
         secs["embed"] = time.perf_counter() - t
+        for e in embedded:
+            for part, value in e.seconds.items():
+                secs[part] = secs.get(part, 0.0) + value
         ok = [e for e in embedded if e.video is not None]
         failed = [(e.path, e.reason) for e in embedded if e.video is None]
         for path, reason in failed:
@@ -249,8 +297,18 @@ class Recommender:
                     "rank": rank, "track": str(lib.paths[tr]), "title": str(lib.titles[tr]),
                     "artist": str(lib.artists[tr]), "label": lib.label(int(tr)), "score": round(float(sc), 4),
                     "start": round(float(lib.starts[win]), 3), "window": int(win - lib.offsets[tr]),
-                    "track_duration": round(float(lib.durations[tr]), 3), "key": str(lib.keys[tr])})
+                    "track_duration": round(float(lib.durations[tr]), 3), "key": str(lib.keys[tr]),
+                    "id": int(tr)})
+                if curves:
+                    rec.results[-1]["curve"] = self.curve(queries[q], int(tr))
             report.recommendations.append(rec)
         secs["total"] = time.perf_counter() - t0
         report.seconds = secs
         return report
+
+    def curve(self, query: np.ndarray, track: int) -> list[list[float]]:
+        """[[window start s, score], ...] of one track for one projected query (the score search ranks by)."""
+        lib = self.library
+        lo, hi = int(lib.offsets[track]), int(lib.offsets[track + 1])
+        scores = lib.vectors[lo:hi] @ np.asarray(query, np.float32)
+        return [[round(float(st), 3), round(float(sc), 4)] for st, sc in zip(lib.starts[lo:hi], scores)]

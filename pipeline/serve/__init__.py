@@ -1,0 +1,1 @@
+"""`mvbind serve`: the web page and JSON API over a `Recommender` (needs the serve extra: fastapi, uvicorn)."""

@@ -1,0 +1,302 @@
+// mvbind's page: upload or pick a video, show the tracks that fit, play one under the video.
+// No framework and no build step: the server ships this file as it is.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { video: null, results: [], playing: null, maxUploadMb: 0 };
+
+function fmtTime(s) {
+  s = Math.max(0, Number(s) || 0);
+  const m = Math.floor(s / 60);
+  return `${m}:${(s - 60 * m).toFixed(1).padStart(4, "0")}`;
+}
+
+function showMessage(text, kind = "error") {
+  const el = $("message");
+  el.textContent = text;
+  el.className = kind === "info" ? "info" : "";
+  el.hidden = !text;
+}
+
+function errorText(xhrOrResponse, body) {
+  try {
+    const data = typeof body === "string" ? JSON.parse(body) : body;
+    if (data && data.error) return data.error;
+  } catch (_) { /* not JSON */ }
+  const status = xhrOrResponse.status;
+  return status ? `the server answered ${status}` : "the server could not be reached; is `mvbind serve` running?";
+}
+
+async function getJSON(url) {
+  const response = await fetch(url);
+  const body = await response.json().catch(() => null);
+  if (!response.ok) throw new Error(errorText(response, body));
+  return body;
+}
+
+// -- start: what the server serves ------------------------------------------------------------
+async function init() {
+  try {
+    const health = await getJSON("/api/health");
+    state.maxUploadMb = health.max_upload_mb;
+    $("library").textContent = `library ${health.library.name}: ${health.library.tracks} tracks · ` +
+      `${health.mode === "zero-shot" ? "zero-shot (no trained run)" : "run"} · ${health.encoder} encoder`;
+    $("limit").textContent = `(up to ${health.max_upload_mb} MB)`;
+    $("k").value = health.k;
+    const { videos } = await getJSON("/api/videos");
+    const select = $("indexed");
+    for (const v of videos) {
+      const option = document.createElement("option");
+      option.value = v.id;
+      option.textContent = `${v.name} (${v.duration.toFixed(1)} s)`;
+      select.appendChild(option);
+    }
+    select.disabled = videos.length === 0;
+    if (videos.length) select.firstElementChild.textContent = `choose (${videos.length})`;
+  } catch (err) {
+    $("library").textContent = "";
+    showMessage(err.message);
+  }
+}
+
+// -- choosing a video -----------------------------------------------------------------------
+function k() { return Math.max(1, Math.min(50, parseInt($("k").value, 10) || 5)); }
+
+function setProgress(percent, text) {
+  $("progress").hidden = percent === null;
+  if (percent !== null) {
+    $("progress-bar").value = percent;
+    $("progress-text").textContent = text;
+  }
+}
+
+function upload(file) {
+  showMessage("");
+  if (!file) return;
+  if (state.maxUploadMb && file.size > state.maxUploadMb * 1024 * 1024) {
+    showMessage(`${file.name} is ${(file.size / 1048576).toFixed(0)} MB; the limit is ${state.maxUploadMb} MB`);
+    return;
+  }
+  const xhr = new XMLHttpRequest();
+  xhr.open("POST", `/api/recommend?k=${k()}&name=${encodeURIComponent(file.name)}`);
+  xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
+  xhr.upload.onprogress = (e) => {
+    if (e.lengthComputable) setProgress(100 * e.loaded / e.total, `uploading ${Math.round(100 * e.loaded / e.total)} %`);
+  };
+  xhr.upload.onload = () => setProgress(100, "finding tracks that fit…");
+  xhr.onerror = () => { setProgress(null); showMessage(errorText(xhr, null)); };
+  xhr.onload = () => {
+    setProgress(null);
+    if (xhr.status !== 200) { showMessage(errorText(xhr, xhr.responseText)); return; }
+    show(JSON.parse(xhr.responseText), URL.createObjectURL(file));
+  };
+  setProgress(0, "uploading 0 %");
+  xhr.send(file);
+}
+
+async function recommendIndexed(id) {
+  showMessage("");
+  if (!id) return;
+  setProgress(100, "finding tracks that fit…");
+  try {
+    const response = await fetch(`/api/videos/${encodeURIComponent(id)}/recommend?k=${k()}`, { method: "POST" });
+    const body = await response.json().catch(() => null);
+    if (!response.ok) throw new Error(errorText(response, body));
+    show(body, body.video.url);
+  } catch (err) {
+    showMessage(err.message);
+  } finally {
+    setProgress(null);
+  }
+}
+
+// -- results ---------------------------------------------------------------------------------
+function curveSvg(curve, best) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "curve");
+  svg.setAttribute("viewBox", "0 0 300 40");
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("role", "img");
+  if (!curve || curve.length === 0) return svg;
+  const xs = curve.map((p) => p[0]);
+  const ys = curve.map((p) => p[1]);
+  const x0 = Math.min(...xs), x1 = Math.max(...xs) || 1;
+  const y0 = Math.min(...ys), y1 = Math.max(...ys);
+  const X = (x) => (x1 > x0 ? 4 + 292 * (x - x0) / (x1 - x0) : 150);
+  const Y = (y) => (y1 > y0 ? 36 - 32 * (y - y0) / (y1 - y0) : 20);
+  const points = curve.map((p) => `${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`);
+  const area = document.createElementNS(ns, "polygon");
+  area.setAttribute("class", "area");
+  area.setAttribute("points", `${X(x0)},38 ${points.join(" ")} ${X(x1)},38`);
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute("class", "line");
+  line.setAttribute("points", points.join(" "));
+  const bx = X(best.start);
+  const marker = document.createElementNS(ns, "line");
+  marker.setAttribute("class", "best-line");
+  for (const [a, v] of [["x1", bx], ["x2", bx], ["y1", 2], ["y2", 38]]) marker.setAttribute(a, v);
+  const dot = document.createElementNS(ns, "circle");
+  dot.setAttribute("class", "best");
+  dot.setAttribute("cx", bx);
+  dot.setAttribute("cy", Y(best.score));
+  dot.setAttribute("r", 3);
+  const title = document.createElementNS(ns, "title");
+  title.textContent = `score along the track (${curve.length} windows); best at ${fmtTime(best.start)}`;
+  svg.append(title, area, line, marker, dot);
+  return svg;
+}
+
+function previewUrl(r) {
+  const mix = Number($("original").value);
+  return `/api/videos/${encodeURIComponent(state.video.id)}/preview?track=${r.id}&start=${r.start}&mix=${mix}`;
+}
+
+function show(data, videoUrl) {
+  stopAudio();
+  state.video = data.video;
+  state.results = data.results;
+  const video = $("video");
+  $("video-note").hidden = true;
+  video.src = videoUrl;
+  video.muted = Number($("original").value) === 0;
+  $("result").hidden = false;
+  $("result-title").textContent = `${data.results.length} tracks for ${data.video.name}`;
+  const how = data.mode === "zero-shot" ? "zero-shot (no trained run)" : "through the trained run";
+  $("result-meta").textContent = `${how} · ${data.search} search · ${data.seconds.total.toFixed(2)} s` +
+    (data.notes.length ? ` · ${data.notes.join("; ")}` : "");
+  const cards = $("cards");
+  cards.replaceChildren();
+  data.results.forEach((r, i) => {
+    const li = document.createElement("li");
+    li.className = "card";
+    li.dataset.track = r.id;
+    li.dataset.start = r.start;
+    const rank = document.createElement("div");
+    rank.className = "rank";
+    rank.textContent = r.rank;
+    const who = document.createElement("div");
+    const title = document.createElement("div");
+    title.className = "title";
+    title.textContent = r.title || r.track;
+    const artist = document.createElement("div");
+    artist.className = "artist";
+    artist.textContent = r.artist || (r.title ? r.track : "");
+    who.append(title, artist);
+    const numbers = document.createElement("div");
+    numbers.className = "numbers";
+    numbers.innerHTML = "score <b></b><br>start <b></b>";
+    numbers.children[0].textContent = r.score.toFixed(3);
+    numbers.children[2].textContent = fmtTime(r.start);
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    const play = document.createElement("button");
+    play.className = "play";
+    play.type = "button";
+    play.textContent = "▶ play under video";
+    play.addEventListener("click", () => playTrack(i));
+    const download = document.createElement("a");
+    download.className = "button download";
+    download.textContent = "download";
+    download.title = "the video with this track under it, from the suggested start (made by the server)";
+    download.href = previewUrl(r);
+    download.addEventListener("click", () => { download.href = previewUrl(r); });
+    actions.append(play, download);
+    li.append(rank, who, numbers, curveSvg(r.curve, r), actions);
+    cards.appendChild(li);
+  });
+  $("now-playing").textContent = "Pick a track to play it under the video.";
+}
+
+// -- playing a track under the video -------------------------------------------------------
+// The <audio> follows the <video>: audio time = the track's suggested start + video time.
+function audioTarget() { return state.playing.start + $("video").currentTime; }
+
+function stopAudio() {
+  const audio = $("audio");
+  audio.pause();
+  state.playing = null;
+  for (const card of document.querySelectorAll(".card.playing")) card.classList.remove("playing");
+}
+
+function whenReady(media) {
+  return new Promise((resolve, reject) => {
+    if (media.readyState >= 1) { resolve(); return; }
+    media.addEventListener("loadedmetadata", () => resolve(), { once: true });
+    media.addEventListener("error", () => reject(new Error("the track could not be loaded")), { once: true });
+  });
+}
+
+async function playTrack(i) {
+  const r = state.results[i];
+  const audio = $("audio");
+  const video = $("video");
+  stopAudio();
+  state.playing = { index: i, start: r.start, id: r.id };
+  document.querySelectorAll(".card")[i].classList.add("playing");
+  $("now-playing").textContent = `▶ ${r.title || r.track} from ${fmtTime(r.start)}`;
+  if (audio.dataset.track !== String(r.id)) {
+    audio.src = r.audio_url;
+    audio.dataset.track = r.id;
+  }
+  try {
+    await whenReady(audio);
+    if (!state.playing || state.playing.index !== i) return; // another track was picked meanwhile
+    if (!video.error) video.currentTime = 0;
+    audio.currentTime = r.start;
+    audio.dataset.startedAt = r.start;
+    const plays = [audio.play()];
+    if (!video.error) plays.push(video.play());
+    await Promise.all(plays);
+  } catch (err) {
+    showMessage(`could not play ${r.title || r.track}: ${err.message}`);
+  }
+}
+
+function follow() {
+  if (!state.playing) return;
+  const audio = $("audio");
+  const target = audioTarget();
+  if (Math.abs(audio.currentTime - target) > 0.25) audio.currentTime = target;
+}
+
+function wirePlayer() {
+  const video = $("video");
+  const audio = $("audio");
+  video.addEventListener("play", () => { if (state.playing) { follow(); audio.play().catch(() => {}); } });
+  video.addEventListener("pause", () => audio.pause());
+  video.addEventListener("seeked", follow);
+  video.addEventListener("timeupdate", follow);
+  video.addEventListener("ended", () => audio.pause());
+  video.addEventListener("error", () => {
+    const note = $("video-note");
+    note.textContent = "This browser can't play the video's format; the tracks still play on their own.";
+    note.hidden = false;
+  });
+  const slider = $("original");
+  slider.addEventListener("input", () => {
+    const v = Number(slider.value);
+    video.volume = v;
+    video.muted = v === 0;
+    $("original-value").textContent = v === 0 ? "muted" : `${Math.round(100 * v)} %`;
+  });
+}
+
+function wireInput() {
+  const drop = $("drop");
+  const file = $("file");
+  file.addEventListener("change", () => upload(file.files[0]));
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); file.click(); } });
+  for (const name of ["dragenter", "dragover"]) {
+    drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.remove("over"); });
+  }
+  drop.addEventListener("drop", (e) => upload(e.dataTransfer.files[0]));
+  $("indexed").addEventListener("change", (e) => recommendIndexed(e.target.value));
+}
+
+wirePlayer();
+wireInput();
+init();
