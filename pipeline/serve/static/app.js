@@ -163,7 +163,7 @@ function show(data, videoUrl) {
   $("result").hidden = false;
   $("result-title").textContent = `${data.results.length} tracks for ${data.video.name}`;
   const how = data.mode === "zero-shot" ? "zero-shot (no trained run)" : "through the trained run";
-  $("result-meta").textContent = `${how} · ${data.search} search · ${data.seconds.total.toFixed(2)} s` +
+  $("result-meta").textContent = `${how} · ${data.search} search · answered in ${data.seconds.total.toFixed(2)} s` +
     (data.notes.length ? ` · ${data.notes.join("; ")}` : "");
   const cards = $("cards");
   cards.replaceChildren();
