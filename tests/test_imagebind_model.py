@@ -16,19 +16,21 @@ import pytest
 import torch
 
 from mvbind.pipeline.encoders.imagebind.model import ImageBindAV, build_imagebind, imagebind_config
-from tests.ref_imagebind import audio_head, postprocess, rounding_budget, vision_head
+from tests.ref_imagebind import (
+    U32,
+    U64,
+    assert_layout,
+    audio_head,
+    postprocess,
+    rel_error,
+    rounding_budget,
+    vision_head,
+)
 
 MODEL_FIXTURES = Path(__file__).parent / "fixtures" / "model"
 STATE = dict(np.load(MODEL_FIXTURES / "tiny_state.npz"))
 EXPECTED = np.load(MODEL_FIXTURES / "tiny_expected.npz")
-U32, U64 = 2.0**-24, 2.0**-53  # unit round-off
 MODALITY = {key: key.split("_")[0] for key in EXPECTED.files}
-
-
-def rel_error(got: np.ndarray, want: np.ndarray, norm: float | None = None) -> float:
-    """Largest |got - want| of a row over the row's norm (the norm of `want`'s row unless given)."""
-    err = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64)).max(-1)
-    return float((err / (np.linalg.norm(np.asarray(want, np.float64), axis=-1) if norm is None else norm)).max())
 
 
 @pytest.fixture(scope="module")
@@ -215,11 +217,8 @@ def test_huge_architecture_matches_official_keys() -> None:
     with torch.device("meta"):  # 719M parameters without allocating 2.9 GB
         model = build_imagebind("huge")
     state = model.state_dict()
-    expected = {e["key"]: (tuple(e["shape"]), e["dtype"]) for e in ref["keys"]}
-    got = {k: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for k, t in state.items()}
-    assert sorted(set(expected) - set(got)) == [] and sorted(set(got) - set(expected)) == []
-    assert got == expected
-    assert len(got) == ref["num_keys"] == 569
+    assert_layout(state, ref["keys"])
+    assert len(state) == ref["num_keys"] == 569
     assert sum(p.numel() for p in model.parameters()) == ref["num_parameters"] == 719_065_088
     assert [name for name, _ in model.named_buffers()] == ref["buffers"]
     assert model.out_dim == 1024

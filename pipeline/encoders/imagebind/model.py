@@ -20,17 +20,22 @@ Inputs are ImageBind's preprocessed tensors: audio ``(N, 1, 128, 204)`` mel
 spectrograms, vision ``(N, 3, 2, 224, 224)`` two-frame clips (or ``(N, 3, 224, 224)``
 images). ``embed_audio`` / ``embed_vision`` give one row per clip; ``forward``
 keeps upstream's dict-in/dict-out semantics including its clip averaging.
+
+The text tower is a separate model (:mod:`.text`) built from the blocks here, so this one
+never holds or loads the text half of the checkpoint.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 MODALITIES = ("vision", "audio")
+M = TypeVar("M", bound=nn.Module)
 
 _HUGE: dict[str, Any] = {
     "video_frames": 2,
@@ -172,7 +177,8 @@ class SelfAttention(nn.Module):
     Parameter names follow ``nn.MultiheadAttention`` (packed ``in_proj_weight``,
     ``out_proj``, optional ``bias_k``/``bias_v``) so upstream checkpoints load. With
     ``add_bias_kv`` one learned key and value token is appended to every sequence,
-    after the input projection, exactly as ``nn.MultiheadAttention`` does.
+    after the input projection, exactly as ``nn.MultiheadAttention`` does. ``attn_mask``
+    is added to the attention scores (the text tower's causal mask: 0 or -inf, (L, L)).
     """
 
     def __init__(self, dim: int, num_heads: int, add_bias_kv: bool = False) -> None:
@@ -200,7 +206,7 @@ class SelfAttention(nn.Module):
             nn.init.xavier_normal_(self.bias_k)
             nn.init.xavier_normal_(self.bias_v)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         b, n, d = x.shape
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         if self.bias_k is not None:
@@ -208,7 +214,9 @@ class SelfAttention(nn.Module):
             v = torch.cat((v, self.bias_v.expand(b, 1, d)), dim=1)
         h = self.num_heads
         q, k, v = (t.unflatten(-1, (h, d // h)).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        if attn_mask is not None and attn_mask.is_floating_point():
+            attn_mask = attn_mask.to(q.dtype)  # under autocast q is half precision, the stored mask is not
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -254,8 +262,8 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, mlp_ratio * dim)
         self.norm_2 = nn.LayerNorm(dim, eps=1e-6)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm_1(x)))
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm_1(x), attn_mask))
         return x + self.drop_path(self.mlp(self.norm_2(x)))
 
 
@@ -284,8 +292,11 @@ class Trunk(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.blocks(self.pre_transformer_layer(tokens))
+    def forward(self, tokens: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        x = self.pre_transformer_layer(tokens)
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return x
 
 
 class SelectToken(nn.Module):
@@ -307,12 +318,20 @@ class Normalize(nn.Module):
 
 
 class LogitScale(nn.Module):
-    """Multiply by a fixed scale, stored as a ``log_logit_scale`` buffer and clipped at ``max_scale``."""
+    """Multiply by exp(``log_logit_scale``) clipped at ``max_scale``.
 
-    def __init__(self, scale: float, max_scale: float = 100.0) -> None:
+    Upstream's audio scale is a fixed buffer; its text scale was learned (a parameter), so its
+    value is the checkpoint's, not the initial ``scale``. Either way the key is the same.
+    """
+
+    def __init__(self, scale: float, max_scale: float = 100.0, *, learnable: bool = False) -> None:
         super().__init__()
         self.max_scale = max_scale
-        self.register_buffer("log_logit_scale", torch.tensor(math.log(scale), dtype=torch.float32))
+        log_scale = torch.tensor(math.log(scale), dtype=torch.float32)
+        if learnable:
+            self.log_logit_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_logit_scale", log_scale)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.clip(self.log_logit_scale.exp(), max=self.max_scale) * x
@@ -496,8 +515,13 @@ def build_imagebind(arch: str | dict[str, Any] = "huge", seed: int | None = None
         if unknown:
             raise ValueError(f"unknown ImageBind settings {sorted(unknown)}; valid: {', '.join(_HUGE)}")
         config = {**_HUGE, **arch}
+    return seeded(lambda: ImageBindAV(**config), seed)
+
+
+def seeded(build: Callable[[], M], seed: int | None) -> M:
+    """``build()``, after ``torch.manual_seed(seed)`` when a seed is given, leaving the global RNG as it was."""
     if seed is None:
-        return ImageBindAV(**config)
+        return build()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return ImageBindAV(**config)
+        return build()

@@ -1,8 +1,11 @@
 """The pretrained ImageBind checkpoint: where it lives, downloading it, loading it, its digest.
 
 The official ``imagebind_huge.pth`` (all six modalities, about 4.5 GB) is a plain
-``state_dict``. mvbind keeps only the audio + vision entries and loads them strictly
-into :class:`pipeline.imagebind.ImageBindAV`.
+``state_dict``. :func:`load_weights` loads only the audio + vision entries, strictly, into
+:class:`~mvbind.pipeline.encoders.imagebind.model.ImageBindAV`; :func:`load_text_weights` only
+the text entries into the separate text tower
+(:class:`~mvbind.pipeline.encoders.imagebind.text.ImageBindText`). The file is memory-mapped, so
+each reads just its own tensors' pages.
 
 Verification of a download: upstream publishes no size or checksum for the file
 (none could be found in its repository, issues or docs), so a download is checked
@@ -32,14 +35,18 @@ from mvbind.errors import MvbindError, reason
 from mvbind.pipeline.config.paths import mvbind_home
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from mvbind.pipeline.encoders.imagebind.model import ImageBindAV
+    from mvbind.pipeline.encoders.imagebind.text import ImageBindText
 
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
 WEIGHTS_FILENAME = "imagebind_huge.pth"
 EXPECTED_SHA256: str | None = None  # not published upstream; fill in to pin the file
 CONFIG_HINT = "set encoder.weights in pipeline.toml"
 
-# Modalities of the full upstream model that mvbind does not build; their keys are dropped.
+# Modalities of the full upstream model that the audio + vision model does not hold; their keys are
+# dropped by load_weights (the text tower is a separate model: load_text_weights).
 DROPPED_MODALITIES = ("text", "depth", "thermal", "imu")
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60.0
@@ -151,13 +158,12 @@ def download_weights(url: str, dest: Path, *, progress: bool = True) -> Path:
 
 def audio_vision_state(state: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of a full ImageBind state_dict that belong to the audio or vision encoder."""
-    kept = {}
-    for key, value in state.items():
-        parts = key.split(".", 2)
-        if len(parts) > 1 and parts[1] in DROPPED_MODALITIES:
-            continue
-        kept[key] = value
-    return kept
+    return {key: value for key, value in state.items() if _modality(key) not in DROPPED_MODALITIES}
+
+
+def text_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a full ImageBind state_dict that belong to the text encoder."""
+    return {key: value for key, value in state.items() if _modality(key) == "text"}
 
 
 def load_weights(model: ImageBindAV, path: Path) -> None:
@@ -167,8 +173,27 @@ def load_weights(model: ImageBindAV, path: Path) -> None:
     ``meta`` device receives the loaded tensors themselves (``assign=True``).
     """
     path = Path(path)
-    state = _load_state(path)
-    state = audio_vision_state(state)
+    _load_strict(model, audio_vision_state(_load_state(path)), path, "the ImageBind audio+vision model")
+
+
+def load_text_weights(model: ImageBindText, path: Path) -> None:
+    """Load the text part of an ImageBind checkpoint into the text tower ``model`` (strict).
+
+    Same file, same rules as :func:`load_weights`; the audio, vision and other entries are left
+    unread in the memory map.
+    """
+    path = Path(path)
+    _load_strict(model, text_state(_load_state(path)), path, "the ImageBind text tower")
+
+
+def _modality(key: str) -> str | None:
+    """The modality an upstream key belongs to, its second part: modality_trunks.text.blocks.0... -> text."""
+    parts = key.split(".", 2)
+    return parts[1] if len(parts) > 1 else None
+
+
+def _load_strict(model: nn.Module, state: Mapping[str, Any], path: Path, what: str) -> None:
+    """``load_state_dict(strict=True)`` after checking keys and shapes, every failure one line."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -179,7 +204,7 @@ def load_weights(model: ImageBindAV, path: Path) -> None:
         if unexpected:
             bits.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]}")
         raise MvbindError(
-            f"weights file {path} does not fit the ImageBind audio+vision model ({'; '.join(bits)}): "
+            f"weights file {path} does not fit {what} ({'; '.join(bits)}): "
             f"use the official {WEIGHTS_FILENAME} or {CONFIG_HINT}"
         )
     for key, ref in expected.items():
