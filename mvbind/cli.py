@@ -325,6 +325,10 @@ def index_command(source, config_path, sets, run, name, out, overwrite, index_ki
                                                        "(recommend.preview_audio=mix) instead of replacing it.")
 @click.option("--search", type=click.Choice(["auto", "exact", "faiss"]), default=None,
               help="auto: FAISS when the library has an index (recommend.search).")
+@click.option("--text", default=None, help='Steer with words, e.g. "calm piano" (ImageBind\'s text tower, '
+                                           "zero-shot); without VIDEOS: search the library by the text alone.")
+@click.option("--text-weight", type=float, default=None,
+              help="Weight of the text in [0, 1] (recommend.text_weight, default 0.3).")
 @click.option("--cache-dir", help="Feature cache directory (paths.cache).")
 @click.option("--arch", help="ImageBind architecture: huge, small or tiny (encoder.arch).")
 @click.option("--weights", help='Weights file, or "random" for random init (encoder.weights).')
@@ -332,13 +336,15 @@ def index_command(source, config_path, sets, run, name, out, overwrite, index_ki
 @click.option("--workers", type=int, help="Decoding worker processes (extract.workers).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @one_line_errors
-def recommend_command(videos, config_path, sets, library, run, k, as_json, preview, mix, search, cache_dir, arch,
-                      weights, device, workers, quiet):
-    """Recommend tracks from a library for VIDEOS, each with a suggested start time."""
+def recommend_command(videos, config_path, sets, library, run, k, as_json, preview, mix, search, text, text_weight,
+                      cache_dir, arch, weights, device, workers, quiet):
+    """Recommend tracks from a library for VIDEOS, each with a suggested start time (optionally steered by
+    --text; with --text and no VIDEOS, search the library by text)."""
     config = resolve_config(config_path, sets, {
         "paths.cache": cache_dir, "encoder.arch": arch, "encoder.weights": weights, "encoder.device": device,
-        "extract.workers": workers, "recommend.search": search, "recommend.preview_audio": "mix" if mix else None})
-    report = recommend(config, list(videos), library=library, run=run, k=k, preview=preview,
+        "extract.workers": workers, "recommend.search": search, "recommend.preview_audio": "mix" if mix else None,
+        "recommend.text_weight": text_weight})
+    report = recommend(config, list(videos), library=library, run=run, k=k, preview=preview, text=text,
                        progress=not quiet and not as_json)
     for note in report.notes:
         say(note)

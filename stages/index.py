@@ -218,7 +218,8 @@ def index(config: Config, source: str | Path, *, run: str | Path | None = None, 
     t = time.perf_counter()
     write_library(target, meta=meta, keys=keys, paths=paths, titles=[g.title for g in tags],
                   artists=[g.artist for g in tags], durations=wins.duration[rows], offsets=offsets, starts=starts,
-                  vectors=vectors, faiss_index=faiss_index)
+                  vectors=vectors, raw=raw if projector.kind == "run" else None, raw_space=enc["name"],
+                  faiss_index=faiss_index)
     secs["write"] = time.perf_counter() - t
     secs["total"] = time.perf_counter() - t0
     return IndexSummary(

@@ -27,16 +27,17 @@ __all__ = ["Recommendation", "RecommendReport", "Recommender", "recommend"]
 def recommend(config: Config, videos: list[str | Path], *, library: str | Path | Library,
               run: str | Path | None = None, projector: Projector | None = None,
               recommender: Recommender | None = None, k: int | None = None, search: str | None = None,
-              preview: str | Path | None = None, progress: bool = True,
-              notify: Callable[[str], None] = say) -> RecommendReport:
-    """Top-k library tracks for each video; writes previews into `preview` when given.
+              preview: str | Path | None = None, text: str | None = None, text_weight: float | None = None,
+              progress: bool = True, notify: Callable[[str], None] = say) -> RecommendReport:
+    """Top-k library tracks for each video (steered by `text` when given; by the text alone without
+    videos); writes previews into `preview` when given.
 
     Builds a `Recommender` (run, library and encoder loaded once) unless one is passed: to answer
     many queries, keep one (`mvbind.Recommender`) and call its `recommend` directly."""
     t0 = time.perf_counter()
     if recommender is None:
         recommender = Recommender(config, library=library, run=run, projector=projector, progress=progress)
-    report = recommender.recommend(videos, k=k, search=search, notify=notify)
+    report = recommender.recommend(videos, k=k, search=search, text=text, text_weight=text_weight, notify=notify)
     if preview is not None:
         rc = config.recommend
         t = time.perf_counter()
@@ -44,7 +45,7 @@ def recommend(config: Config, videos: list[str | Path], *, library: str | Path |
         out_dir.mkdir(parents=True, exist_ok=True)
         used: set[str] = set()
         for rec in report.recommendations:
-            if not rec.results:
+            if not rec.results or not rec.key:  # a text-only search has no video to preview
                 continue
             top = rec.results[0]
             rec.preview, rec.preview_audio = write_preview(

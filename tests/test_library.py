@@ -170,9 +170,9 @@ def test_library_file_roundtrip_and_refusals(tmp_path):
     newer = tmp_path / "newer.mvlib.h5"
     shutil.copy(path, newer)
     with h5py.File(newer, "r+") as f:
-        f.attrs["version"] = 2
-    with pytest.raises(LibraryError, match=r"newer.mvlib.h5: library format version 2 is newer than this mvbind "
-                                           r"reads \(version 1\)"):
+        f.attrs["version"] = 3
+    with pytest.raises(LibraryError, match=r"newer.mvlib.h5: library format version 3 is newer than this mvbind "
+                                           r"reads \(version 2\)"):
         read_header(newer)
 
     other = tmp_path / "notes.h5"

@@ -219,7 +219,7 @@ def test_truncated_newer_and_foreign_libraries_are_refused_in_one_line(tiny, pla
         f.attrs["version"] = 7
     video = tiny["videos"] / "city.mp4"
     for path, expect in ((truncated, "library file is truncated or damaged"),
-                         (newer, "library format version 7 is newer than this mvbind reads (version 1)"),
+                         (newer, "library format version 7 is newer than this mvbind reads (version 2)"),
                          (tmp_path / "nope.mvlib.h5", "not found")):
         result = invoke("recommend", video, "--library", path, *tiny["opts"])
         assert result.exit_code == 2, result.output

@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 
 from mvbind.cli import cli
 from mvbind.errors import MvbindError
+from mvbind.pipeline.serve.uploads import VideoRegistry
 from mvbind.stages.serve import check_host, is_local, make_app
 from tests.media import run_ffmpeg
 from tests.planted_library import SOURCES, build_planted
@@ -177,6 +178,7 @@ def test_preview_is_the_video_with_the_track_from_the_start(client, planted):
         assert len(c.streams.video) == 1 and len(c.streams.audio) == 1
         assert abs(float(c.duration) / 1e6 - 3.0) < 0.3
     one_line_error(client.get(f"/api/videos/{body['video']['id']}/preview", params={"track": 99}), 404, "no track")
+    assert not any(client.app.state.registry.previews.iterdir())  # made for one download, then removed
 
 
 def test_concurrent_uploads_get_the_same_answers_as_one_at_a_time(client, planted):
@@ -201,6 +203,23 @@ def test_old_uploads_are_deleted_beyond_keep_uploads(client, planted):
     assert client.get(f"/api/videos/{ids[0]}/file").status_code == 404  # keep_uploads = 3
     assert client.get(f"/api/videos/{ids[-1]}/file").status_code == 200
     assert len(list(client.app.state.registry.uploads.iterdir())) == 3
+
+
+def test_an_upload_in_use_survives_eviction_until_released(planted, tmp_path):
+    registry = VideoRegistry(keep=1, root=tmp_path)
+    try:
+        first_id, part = registry.new_upload_path()
+        part.write_bytes((planted["videos"] / "v0.mp4").read_bytes())
+        first = registry.add_upload(first_id, part, "a.mp4")  # pinned for the uploading request
+        second_id, part = registry.new_upload_path()
+        part.write_bytes((planted["videos"] / "v1.mp4").read_bytes())
+        registry.add_upload(second_id, part, "b.mp4")
+        registry.release(second_id)
+        assert registry.get(first_id) is None and first.path.is_file()  # evicted, still being used
+        registry.release(first_id)
+        assert not first.path.exists()
+    finally:
+        registry.close()
 
 
 def test_the_page_and_the_openapi_description_are_served(client):

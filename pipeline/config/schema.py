@@ -195,6 +195,7 @@ class RecommendConfig:
     chunk_mb: int = 256  # memory for one block of window scores in exact search
     preview_audio: str = "replace"  # --preview: replace the video's audio with the track, or mix both
     preview_mix_volume: float = 0.3  # mix: level of the video's own audio (the track stays at 1.0)
+    text_weight: float = 0.3  # --text: weight of the text in the steered score (0 = video only, 1 = text only)
 
 
 @dataclass

@@ -147,6 +147,8 @@ def validate_library(config) -> None:
     _check(rec.chunk_mb >= 1, "recommend.chunk_mb", f"must be >= 1, got {rec.chunk_mb}")
     _check(rec.preview_audio in PREVIEW_AUDIO, "recommend.preview_audio",
            f"unknown mode {rec.preview_audio!r}; choose replace or mix")
+    _check(math.isfinite(rec.text_weight) and 0 <= rec.text_weight <= 1, "recommend.text_weight",
+           f"must be in [0, 1] (0 = the video only, 1 = the text only), got {rec.text_weight}")
     _check(math.isfinite(rec.preview_mix_volume) and 0 <= rec.preview_mix_volume <= 4,
            "recommend.preview_mix_volume", f"must be in [0, 4], got {rec.preview_mix_volume}")
 

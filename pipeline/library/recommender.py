@@ -28,6 +28,7 @@ from mvbind.pipeline.console import say
 from mvbind.pipeline.encoders.base import extractor_settings, make_embedder, make_preparer
 from mvbind.pipeline.library.locate import resolve_library
 from mvbind.pipeline.library.projector import Projector, check_compatible, load_projector
+from mvbind.pipeline.library.steer import TextEncoder, best_windows, combine
 from mvbind.pipeline.library.store import Library, LibraryError, load_library, read_header
 
 
@@ -55,6 +56,7 @@ class RecommendReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
+    steering: dict | None = None  # {"kind": "steered" | "text only (zero-shot)", "text", "weight"}
 
     def to_json(self) -> dict:
         return {
@@ -64,14 +66,22 @@ class RecommendReport:
             "videos": [dataclasses.asdict(r) for r in self.recommendations],
             "failed": [{"path": p, "reason": r} for p, r in self.failed],
             "notes": self.notes, "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+            "steering": self.steering,
         }
 
     def table(self) -> str:
         lines = [f"# {self.projector}", f"# library {self.library}: {self.library_tracks} tracks, "
                  f"{self.library_windows} windows; {self.search} search"]
+        if self.steering and self.steering["kind"] == "steered":
+            lines.append(f"# steered by the text \"{self.steering['text']}\" (weight {self.steering['weight']:g}): "
+                         "scores mix the standardised video and text scores")
+        elif self.steering:
+            lines.append(f"# text only, zero-shot (ImageBind text → music): \"{self.steering['text']}\"; "
+                         "scores are text–window cosines")
         for rec in self.recommendations:
             lines.append("")
-            lines.append(f"{rec.video} ({rec.duration:.1f} s): top {len(rec.results)}")
+            what = f"{rec.video} ({rec.duration:.1f} s)" if rec.key else rec.video
+            lines.append(f"{what}: top {len(rec.results)}")
             rows = [("rank", "score", "start", "track", "file")]
             for r in rec.results:
                 rows.append((str(r["rank"]), f"{r['score']:.3f}", fmt_time(r["start"]), r["label"],
@@ -156,6 +166,7 @@ class Recommender:
         self._lock = threading.Lock()  # the encoder and the key index
         self._preparer = None
         self._embedder = None
+        self._text: TextEncoder | None = None  # built on the first text query only
         self._progress = progress
 
     # -- embedding ------------------------------------------------------------------------
@@ -237,22 +248,25 @@ class Recommender:
             say(f"note: {row.path} was not written to the cache ({err})")
 
     # -- ranking --------------------------------------------------------------------------
-    def recommend(self, videos: Sequence[str | Path | EmbeddedVideo], *, k: int | None = None,
-                  search: str | None = None, curves: bool = False,
-                  notify: Callable[[str], None] = say) -> RecommendReport:
+    def recommend(self, videos: Sequence[str | Path | EmbeddedVideo] = (), *, k: int | None = None,
+                  search: str | None = None, curves: bool = False, text: str | None = None,
+                  text_weight: float | None = None, notify: Callable[[str], None] = say) -> RecommendReport:
         """Top-k library tracks for each video, with the suggested start in each track.
 
         `videos` are files, or `EmbeddedVideo`s from `embed`/`embed_key`. With `curves`, each result
         also has "curve": the score of every window of the track, [[start s, score], ...], so a
-        caller can show where in the track the video fits."""
+        caller can show where in the track the video fits. With `text`, the ranking is steered by
+        the prompt (mvbind.pipeline.library.steer: the rule and why), weighted `text_weight`
+        (default recommend.text_weight); with `text` and no video, the library is searched by the
+        text alone (zero-shot)."""
         t0 = time.perf_counter()
         rc = self.config.recommend
         lib = self.library
         k_requested = int(k if k is not None else rc.k)
         if k_requested < 1:
             raise MvbindError(f"-k {k_requested}: need at least 1 track per video")
-        if not videos:
-            raise MvbindError("no video given; pass one or more video files")
+        if not videos and text is None:
+            raise MvbindError("no video given; pass one or more video files (or --text \"a few words\")")
         search = search or rc.search
         method = ("faiss" if lib.has_faiss else "exact") if search == "auto" else search
         if method == "faiss" and not lib.has_faiss:
@@ -264,47 +278,100 @@ class Recommender:
             notes.append(f"-k {k_requested} is more than the library's {lib.n_tracks} tracks; showing all {kk}")
 
         secs: dict[str, float] = {}
-        t = time.perf_counter()
-        embedded = [v if isinstance(v, EmbeddedVideo) else self.embed(v) for v in videos]
-        secs["embed"] = time.perf_counter() - t
-        for e in embedded:
-            for part, value in e.seconds.items():
-                secs[part] = secs.get(part, 0.0) + value
-        ok = [e for e in embedded if e.video is not None]
-        failed = [(e.path, e.reason) for e in embedded if e.video is None]
-        for path, reason in failed:
-            notify(f"skipped {path}: {reason}")
-        if not ok:
-            raise MvbindError(f"no video could be embedded ({failed[0][0]}: {failed[0][1]})")
+        steering, text_scores = None, None
+        if text is not None:
+            steering, text_scores = self._text_scores(text, text_weight, bool(videos), secs)
+            if method == "faiss":
+                notes.append("steered search scores every window exactly (the FAISS index is not used)")
+            method = "exact"
+        ok: list[EmbeddedVideo] = []
+        failed: list[tuple[str, str]] = []
+        queries = np.zeros((0, lib.dim), np.float32)
+        if videos:
+            t = time.perf_counter()
+            embedded = [v if isinstance(v, EmbeddedVideo) else self.embed(v) for v in videos]
+            secs["embed"] = time.perf_counter() - t
+            for e in embedded:
+                for part, value in e.seconds.items():
+                    secs[part] = secs.get(part, 0.0) + value
+            ok = [e for e in embedded if e.video is not None]
+            failed = [(e.path, e.reason) for e in embedded if e.video is None]
+            for path, reason in failed:
+                notify(f"skipped {path}: {reason}")
+            if not ok:
+                raise MvbindError(f"no video could be embedded ({failed[0][0]}: {failed[0][1]})")
+            t = time.perf_counter()
+            queries = self.projector.videos(np.stack([e.video for e in ok]))
+            secs["project"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        queries = self.projector.videos(np.stack([e.video for e in ok]))
-        secs["project"] = time.perf_counter() - t
-        res = lib.search(queries, kk, method=method, nprobe=rc.nprobe, chunk_mb=rc.chunk_mb)
-        secs["search"] = res.seconds
         nprobe = rc.nprobe or (lib.meta.get("faiss") or {}).get("nprobe")
         report = RecommendReport(library=str(self.library_path), mode=self.projector.kind,
                                  projector=self.projector.describe(),
                                  search=method + (f" (nprobe {nprobe})" if method == "faiss" else ""),
                                  k=kk, k_requested=k_requested, library_tracks=lib.n_tracks,
-                                 library_windows=lib.n_windows, failed=failed, notes=notes)
-        for q, e in enumerate(ok):
-            rec = Recommendation(video=e.path, key=e.key, duration=e.duration)
-            for rank, (tr, sc, win) in enumerate(zip(res.tracks[q], res.scores[q], res.windows[q]), start=1):
-                if tr < 0:
-                    continue
-                rec.results.append({
-                    "rank": rank, "track": str(lib.paths[tr]), "title": str(lib.titles[tr]),
-                    "artist": str(lib.artists[tr]), "label": lib.label(int(tr)), "score": round(float(sc), 4),
-                    "start": round(float(lib.starts[win]), 3), "window": int(win - lib.offsets[tr]),
-                    "track_duration": round(float(lib.durations[tr]), 3), "key": str(lib.keys[tr]),
-                    "id": int(tr)})
-                if curves:
-                    rec.results[-1]["curve"] = self.curve(queries[q], int(tr))
-            report.recommendations.append(rec)
+                                 library_windows=lib.n_windows, failed=failed, notes=notes, steering=steering)
+        t = time.perf_counter()
+        if steering is None:
+            res = lib.search(queries, kk, method=method, nprobe=rc.nprobe, chunk_mb=rc.chunk_mb)
+            for q, e in enumerate(ok):
+                rec = Recommendation(video=e.path, key=e.key, duration=e.duration)
+                for tr, sc, win in zip(res.tracks[q], res.scores[q], res.windows[q]):
+                    if tr >= 0:
+                        rec.results.append(self._result(len(rec.results) + 1, int(tr), float(sc), int(win)))
+                        if curves:
+                            rec.results[-1]["curve"] = self.curve(queries[q], int(tr))
+                report.recommendations.append(rec)
+        else:
+            targets = [(e, lib.vectors @ queries[q]) for q, e in enumerate(ok)] or [(None, None)]
+            for e, video_scores in targets:
+                scores = combine(video_scores, text_scores, steering["weight"])
+                rec = (Recommendation(video=e.path, key=e.key, duration=e.duration) if e is not None
+                       else Recommendation(video=f"text: {steering['text']}", key="", duration=0.0))
+                for tr, sc, win in zip(*best_windows(scores, lib.offsets, kk)):
+                    r = self._result(len(rec.results) + 1, int(tr), float(sc), int(win))
+                    r["text_score"] = round(float(text_scores[win]), 4)
+                    if video_scores is not None:
+                        r["video_score"] = round(float(video_scores[win]), 4)
+                    if curves:
+                        lo, hi = int(lib.offsets[tr]), int(lib.offsets[tr + 1])
+                        r["curve"] = [[round(float(st), 3), round(float(sc), 4)]
+                                      for st, sc in zip(lib.starts[lo:hi], scores[lo:hi])]
+                    rec.results.append(r)
+                report.recommendations.append(rec)
+        secs["search"] = time.perf_counter() - t
         secs["total"] = time.perf_counter() - t0
         report.seconds = secs
         return report
+
+    def _result(self, rank: int, tr: int, score: float, win: int) -> dict:
+        lib = self.library
+        return {"rank": rank, "track": str(lib.paths[tr]), "title": str(lib.titles[tr]),
+                "artist": str(lib.artists[tr]), "label": lib.label(tr), "score": round(score, 4),
+                "start": round(float(lib.starts[win]), 3), "window": int(win - lib.offsets[tr]),
+                "track_duration": round(float(lib.durations[tr]), 3), "key": str(lib.keys[tr]), "id": tr}
+
+    def _text_scores(self, text: str, weight: float | None, with_video: bool,
+                     secs: dict[str, float]) -> tuple[dict, np.ndarray]:
+        """The steering description and the prompt's score on every library window (raw ImageBind cosine)."""
+        lib = self.library
+        problem = lib.steering_problem()
+        if problem:
+            raise LibraryError(problem)
+        weight = float(self.config.recommend.text_weight if weight is None else weight)
+        if with_video and not 0.0 <= weight <= 1.0:
+            raise MvbindError(f"--text-weight {weight}: must be in [0, 1] (0 = the video only, 1 = the text only)")
+        t = time.perf_counter()
+        if self._text is None:
+            self._text = TextEncoder(self.config, progress=self._progress)
+        vec = self._text.embed(text)
+        secs["text"] = time.perf_counter() - t
+        if vec.shape[0] != lib.raw.shape[1]:
+            raise LibraryError(f"{self.library_path}: its raw window embeddings are {lib.raw.shape[1]}-d, this "
+                               f"encoder's text embeddings {vec.shape[0]}-d; use the encoder settings it was "
+                               "built with")
+        kind = "steered" if with_video else "text only (zero-shot)"
+        steering = {"kind": kind, "text": " ".join(text.split()), "weight": weight if with_video else 1.0}
+        return steering, lib.raw @ vec
 
     def curve(self, query: np.ndarray, track: int) -> list[list[float]]:
         """[[window start s, score], ...] of one track for one projected query (the score search ranks by)."""

@@ -9,7 +9,10 @@ One HDF5 file (``*.mvlib.h5``), written to a temporary name, fsynced and renamed
     tracks/ key (T,) content key · path (T,) raw bytes · title, artist (T,) str ("" = no tag) ·
             duration (T,) float32 s · window_offsets (T + 1,) int64 (track t = windows
             offsets[t]:offsets[t + 1], at least one each)
-    windows/ start (W,) float32 s into the track · vectors (W, E) float16, projected and L2-normalised
+    windows/ start (W,) float32 s into the track · vectors (W, E) float16, projected and L2-normalised ·
+            raw (W, D) float16: the encoder's own window embeddings, L2-normalised (version 2; absent when
+            the projector is zero-shot, whose vectors are already those): text steering compares a
+            prompt's ImageBind text embedding with these, in ImageBind's own space
     faiss/  index (B,) uint8: a serialised FAISS IVF index over the same vectors (optional)
 
 Search ranks tracks by their best-matching window; that window's start is the suggested start
@@ -33,7 +36,8 @@ import numpy as np
 from mvbind.errors import MvbindError
 
 FORMAT = "mvbind-library"
-VERSION = 1
+VERSION = 2  # 2: windows/raw and meta["raw"] (text steering); version 1 files still load, without steering
+READS = (1, 2)
 SUFFIX = ".mvlib.h5"
 STR = h5py.string_dtype()
 BYTES = h5py.string_dtype("ascii")
@@ -68,6 +72,7 @@ class Library:
     offsets: np.ndarray  # (T + 1,) int64
     starts: np.ndarray  # (W,) float32
     _vectors: np.ndarray | None = None  # (W, E) float32, L2-normalised
+    _raw: np.ndarray | None = None  # (W, D) float32, L2-normalised encoder embeddings (steering)
     faiss_blob: np.ndarray | None = None  # serialised FAISS index (uint8)
     _faiss: object = None
     _window_track: np.ndarray | None = None
@@ -93,6 +98,35 @@ class Library:
         if self._vectors is None:
             self._vectors = _read_vectors(self.path, self.n_windows, self.dim)
         return self._vectors
+
+    @property
+    def raw_space(self) -> dict | None:
+        """{"space": encoder name, "dim", "stored": "raw" | "vectors"}, or None for a version-1 library."""
+        return self.meta.get("raw")
+
+    def steering_problem(self) -> str | None:
+        """Why text can't steer this library (one line with the fix), or None when it can."""
+        raw = self.raw_space
+        if raw is None:
+            return (f"{self.path}: this library (format version {self.meta.get('format_version', 1)}) keeps no raw "
+                    "ImageBind window embeddings, so text can't steer it; rebuild it with `mvbind index`")
+        if raw.get("space") != "imagebind":
+            return (f"{self.path}: the library was built with the {raw.get('space')} encoder; text steering needs "
+                    "ImageBind embeddings (encoder.name = \"imagebind\"), re-extract and re-index with it")
+        return None
+
+    @property
+    def raw(self) -> np.ndarray:
+        """(W, D) float32 L2-normalised encoder window embeddings (ImageBind's space for text)."""
+        if self._raw is None:
+            raw = self.raw_space
+            if raw is None:
+                raise LibraryError(self.steering_problem() or f"{self.path}: no raw window embeddings")
+            if raw.get("stored") == "vectors":
+                self._raw = self.vectors
+            else:
+                self._raw = _read_vectors(self.path, self.n_windows, int(raw["dim"]), "windows/raw")
+        return self._raw
 
     @property
     def window_track(self) -> np.ndarray:
@@ -308,8 +342,12 @@ def build_faiss(vectors: np.ndarray, offsets: np.ndarray, *, nlist: int = 0, tar
 
 # -- file ----------------------------------------------------------------------------------------
 def write_library(path: str | Path, *, meta: dict, keys, paths, titles, artists, durations, offsets: np.ndarray,
-                  starts: np.ndarray, vectors: np.ndarray, faiss_index=None) -> Path:
-    """Write a library file atomically (temp file, fsync, rename over any older one)."""
+                  starts: np.ndarray, vectors: np.ndarray, raw: np.ndarray | None = None, raw_space: str = "",
+                  faiss_index=None) -> Path:
+    """Write a library file atomically (temp file, fsync, rename over any older one).
+
+    `raw`: the encoder's own window embeddings (any norm; stored L2-normalised), or None when `vectors`
+    already are those (zero-shot); `raw_space` names the encoder they come from."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     offsets = np.asarray(offsets, np.int64)
@@ -319,7 +357,11 @@ def write_library(path: str | Path, *, meta: dict, keys, paths, titles, artists,
                          f"{len(vectors)} vectors")
     if n_tracks and np.any(np.diff(offsets) < 1):
         raise ValueError("every track needs at least one window")
-    meta = {**meta, "tracks": n_tracks, "windows": n_windows, "dim": int(vectors.shape[1])}
+    if raw is not None and len(raw) != n_windows:
+        raise ValueError(f"inconsistent library: {n_windows} windows, {len(raw)} raw embeddings")
+    meta = {**meta, "tracks": n_tracks, "windows": n_windows, "dim": int(vectors.shape[1]), "format_version": VERSION,
+            "raw": {"space": raw_space, "dim": int(vectors.shape[1] if raw is None else raw.shape[1]),
+                    "stored": "vectors" if raw is None else "raw"} if raw_space else None}
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         with h5py.File(tmp, "w") as f:
@@ -339,6 +381,13 @@ def write_library(path: str | Path, *, meta: dict, keys, paths, titles, artists,
                                    chunks=(min(max(n_windows, 1), 16384), vectors.shape[1]) if n_windows else None)
             for a in range(0, n_windows, 262_144):
                 vec[a:a + 262_144] = vectors[a:a + 262_144].astype(np.float16)
+            if raw is not None:
+                rv = w.create_dataset("raw", shape=raw.shape, dtype=np.float16,
+                                      chunks=(min(max(n_windows, 1), 16384), raw.shape[1]) if n_windows else None)
+                for a in range(0, n_windows, 262_144):
+                    part = np.asarray(raw[a:a + 262_144], np.float32)
+                    rv[a:a + 262_144] = (part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+                                         ).astype(np.float16)
             if faiss_index is not None:
                 blob = import_faiss().serialize_index(faiss_index)
                 f.create_group("faiss").create_dataset("index", data=np.asarray(blob, np.uint8))
@@ -389,13 +438,17 @@ def _header(path: Path, f: h5py.File) -> dict:
     if version > VERSION:
         raise LibraryError(f"{path}: library format version {version} is newer than this mvbind reads "
                            f"(version {VERSION}); upgrade mvbind or rebuild the library with `mvbind index`")
-    if version != VERSION:
-        raise LibraryError(f"{path}: library format version {version}, this mvbind reads version {VERSION}; "
-                           "rebuild the library with `mvbind index`")
+    if version not in READS:
+        raise LibraryError(f"{path}: library format version {version}, this mvbind reads versions "
+                           f"{', '.join(map(str, READS))}; rebuild the library with `mvbind index`")
     try:
-        return json.loads(f.attrs["meta"])
+        meta = json.loads(f.attrs["meta"])
     except (KeyError, ValueError, TypeError) as err:
         raise _damaged(path, f"metadata unreadable: {err}") from None
+    meta["format_version"] = version
+    if version < 2:
+        meta["raw"] = None
+    return meta
 
 
 def load_library(path: str | Path, *, vectors: bool = False) -> Library:
@@ -434,13 +487,15 @@ def load_library(path: str | Path, *, vectors: bool = False) -> Library:
     return lib
 
 
-def _read_vectors(path: Path | None, n: int, dim: int) -> np.ndarray:
+def _read_vectors(path: Path | None, n: int, dim: int, name: str = "windows/vectors") -> np.ndarray:
     if path is None:
         return np.zeros((0, dim), np.float32)
     out = np.empty((n, dim), np.float32)
     try:
         with h5py.File(path, "r") as f:
-            vec = f["windows/vectors"]
+            vec = f[name]
+            if vec.shape != (n, dim):
+                raise ValueError(f"{name} is {vec.shape}, expected {(n, dim)}")
             for a in range(0, n, 262_144):
                 out[a:a + 262_144] = vec[a:a + 262_144]
     except (KeyError, OSError, ValueError) as err:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -30,6 +31,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mvbind.errors import MvbindError
@@ -95,8 +97,8 @@ def create_app(recommender: Recommender, config: Config, *, temp_root: str | Pat
         return JSONResponse({"error": f"server error ({type(err).__name__}); the server log has the details"},
                             status_code=500)
 
-    def video_or_404(vid: str) -> Video:
-        video = registry.get(vid)
+    def video_or_404(vid: str, pin: bool = False) -> Video:
+        video = registry.pin(vid) if pin else registry.get(vid)
         if video is None:
             raise ApiError(404, f"no video {vid!r} here: upload it again (uploads are kept for the last "
                                 f"{sc.keep_uploads}) or pick one from /api/videos")
@@ -168,11 +170,18 @@ def create_app(recommender: Recommender, config: Config, *, temp_root: str | Pat
         t = time.perf_counter()
         video = await run_in_threadpool(registry.add_upload, vid, part, name or "")
         timing["probe"] = time.perf_counter() - t
-        return await run_in_threadpool(recommend, video, k, timing, t0)
+        try:
+            return await run_in_threadpool(recommend, video, k, timing, t0)
+        finally:
+            registry.release(video.id)
 
     @app.post("/api/videos/{vid}/recommend", summary="The tracks that fit an uploaded or already-extracted video")
     def recommend_known(vid: str, k: Annotated[int | None, Query(ge=1, le=100)] = None):
-        return recommend(video_or_404(vid), k, {}, time.perf_counter())
+        video = video_or_404(vid, pin=True)
+        try:
+            return recommend(video, k, {}, time.perf_counter())
+        finally:
+            registry.release(video.id)
 
     @app.get("/api/videos/{vid}/file", summary="The video file (supports HTTP range requests)")
     def video_file(vid: str):
@@ -183,20 +192,24 @@ def create_app(recommender: Recommender, config: Config, *, temp_root: str | Pat
     async def preview(vid: str, track: Annotated[int, Query(ge=0)],
                       start: Annotated[float, Query(ge=0, le=86400)] = 0.0,
                       mix: Annotated[float, Query(ge=0, le=4)] = 0.0):
-        video = video_or_404(vid)
         track_path = track_or_404(track)
-        mode = "mix" if mix > 0 else "replace"
+        video = video_or_404(vid, pin=True)
         out_dir = registry.previews / secrets.token_hex(8)
         out_dir.mkdir()
         try:
             path, used = await run_in_threadpool(
                 write_preview, video.path, track_path, start, out_dir, duration=video.duration or 3600.0,
-                mode=mode, mix_volume=mix, notify=log.info)
+                mode="mix" if mix > 0 else "replace", mix_volume=mix, notify=log.info)
         except MvbindError as err:
+            shutil.rmtree(out_dir, ignore_errors=True)
             raise ApiError(500, str(err)) from None
+        finally:
+            registry.release(video.id)
         stem = Path(video.name).stem or "video"
         download = f"{stem}+{Path(str(lib.paths[track])).stem}{Path(path).suffix}"
-        return FileResponse(path, filename=download, headers={"X-Preview-Audio": used})
+        # made for this download only: removed once it is sent
+        return FileResponse(path, filename=download, headers={"X-Preview-Audio": used},
+                            background=BackgroundTask(shutil.rmtree, out_dir, ignore_errors=True))
 
     def track_or_404(track: int) -> Path:
         if not 0 <= track < lib.n_tracks:

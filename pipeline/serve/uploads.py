@@ -83,6 +83,8 @@ class VideoRegistry:
         self._lock = threading.Lock()
         self._uploads: OrderedDict[str, Video] = OrderedDict()
         self._indexed: dict[str, Video] = {}
+        self._pins: dict[str, int] = {}  # uploads a request is using: evicted ones are deleted when released
+        self._evicted: dict[str, Path] = {}
 
     def new_upload_path(self) -> tuple[str, Path]:
         """A fresh upload id and the temporary file to stream it into."""
@@ -103,10 +105,33 @@ class VideoRegistry:
         video = Video(vid, final, display_name(name), "upload", duration)
         with self._lock:
             self._uploads[vid] = video
+            self._pins[vid] = self._pins.get(vid, 0) + 1  # the uploading request uses it: release() when done
             while len(self._uploads) > self.keep:
-                _, old = self._uploads.popitem(last=False)
-                old.path.unlink(missing_ok=True)
+                old_id, old = self._uploads.popitem(last=False)
+                if self._pins.get(old_id):
+                    self._evicted[old_id] = old.path
+                else:
+                    old.path.unlink(missing_ok=True)
         return video
+
+    def pin(self, vid: str) -> Video | None:
+        """The video, kept on disk until `release(vid)` even if newer uploads evict it meanwhile."""
+        video = self.get(vid)
+        if video is not None:
+            with self._lock:
+                self._pins[vid] = self._pins.get(vid, 0) + 1
+        return video
+
+    def release(self, vid: str) -> None:
+        with self._lock:
+            n = self._pins.get(vid, 0) - 1
+            if n > 0:
+                self._pins[vid] = n
+                return
+            self._pins.pop(vid, None)
+            path = self._evicted.pop(vid, None)
+        if path is not None:
+            path.unlink(missing_ok=True)
 
     def set_indexed(self, videos: list[Video]) -> None:
         with self._lock:
