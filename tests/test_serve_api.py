@@ -234,6 +234,17 @@ def test_the_page_and_the_openapi_description_are_served(client):
     assert {"/api/health", "/api/videos/{vid}/file", "/api/tracks/{track}/audio"} <= set(spec["paths"])
 
 
+def test_text_steering_on_a_library_that_cannot_be_steered_says_why(client, planted):
+    steering = client.get("/api/health").json()["steering"]
+    assert steering["available"] is False and "signal encoder" in steering["why_not"]
+    assert str(planted["root"]) not in steering["why_not"]  # no server paths
+    one_line_error(client.get("/api/search", params={"text": "calm piano"}), 422, "signal encoder")
+    response = client.post(UPLOAD, params={"text": "calm piano", "name": "v0.mp4"},
+                           content=(planted["videos"] / "v0.mp4").read_bytes())
+    one_line_error(response, 422, "text steering needs ImageBind")
+    one_line_error(client.get("/api/search", params={"text": "x", "k": 0}), 422, "k: ", "greater than or equal to 1")
+
+
 def test_a_remote_bind_needs_to_be_asked_for():
     assert is_local("127.0.0.1") and is_local("localhost") and is_local("::1") and is_local("[::1]")
     assert not is_local("0.0.0.0") and not is_local("192.168.1.5") and not is_local("example.com")

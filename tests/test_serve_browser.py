@@ -77,6 +77,8 @@ def test_upload_cards_and_a_track_playing_from_its_suggested_start(server):
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(server["url"] + "/")
             expect(page.locator("#library")).to_contain_text("planted.mvlib.h5: 8 tracks")
+            expect(page.locator("#steer-note")).to_contain_text("signal encoder")  # words can't steer this one
+            expect(page.locator("#text")).to_be_disabled()
             page.locator("#k").fill("4")
             page.set_input_files("#file", str(video))
             cards = page.locator("#cards .card")

@@ -5,6 +5,8 @@
     GET  /api/videos                    videos the feature cache already holds (id = content key)
     POST /api/recommend?k=&name=        a video file as the raw request body → its id + top-k tracks
     POST /api/videos/{id}/recommend?k=  top-k tracks for an uploaded or already-extracted video
+                                        (both take &text=&text_weight= to steer with words)
+    GET  /api/search?text=&k=           the library searched by text alone (zero-shot)
     GET  /api/videos/{id}/file          the video itself (HTTP range requests)
     GET  /api/videos/{id}/preview?track=&start=&mix=   the video with a track under it (ffmpeg, on demand)
     GET  /api/tracks/{id}/audio         a library track (HTTP range requests, so the page can seek)
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -91,6 +94,12 @@ def create_app(recommender: Recommender, config: Config, *, temp_root: str | Pat
     async def _http_error(_request: Request, err: StarletteHTTPException):
         return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, err: RequestValidationError):
+        first = err.errors()[0] if err.errors() else {}
+        where = " ".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body")) or "request"
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
+
     @app.exception_handler(Exception)
     async def _server_error(_request: Request, err: Exception):
         log.exception("server error")
@@ -104,7 +113,14 @@ def create_app(recommender: Recommender, config: Config, *, temp_root: str | Pat
                                 f"{sc.keep_uploads}) or pick one from /api/videos")
         return video
 
-    def recommend(video: Video, k: int | None, timing: dict, t0: float) -> dict:
+    def recommend(video: Video | None, k: int | None, timing: dict, t0: float, text: str | None = None,
+                  text_weight: float | None = None) -> dict:
+        if video is None:  # text alone
+            try:
+                report = recommender.recommend([], k=k or sc.k, curves=True, text=text, notify=log.info)
+            except MvbindError as err:
+                raise ApiError(422, str(err)) from None
+            return answer(None, report, {**timing, "total": time.perf_counter() - t0})
         t = time.perf_counter()
         embedded = (recommender.embed_key(video.key, path=str(video.path)) if video.key else None) \
             or recommender.embed(video.path)
@@ -114,19 +130,23 @@ def create_app(recommender: Recommender, config: Config, *, temp_root: str | Pat
         video.key = embedded.key
         video.duration = embedded.duration or video.duration
         try:
-            report = recommender.recommend([embedded], k=k or sc.k, curves=True, notify=log.info)
+            report = recommender.recommend([embedded], k=k or sc.k, curves=True, text=text, text_weight=text_weight,
+                                           notify=log.info)
         except MvbindError as err:
             raise ApiError(422, str(err)) from None
+        # upload, probe, embed (= hash + read or decode + encode), text, project, search; total = the whole request
+        seconds = {**timing, **embedded.seconds, **{p: report.seconds[p] for p in ("text", "project", "search")
+                                                   if p in report.seconds}, "total": time.perf_counter() - t0}
+        return answer(video, report, seconds)
+
+    def answer(video: Video | None, report, seconds: dict) -> dict:
         rec = report.recommendations[0]
         for r in rec.results:
             r["audio_url"] = f"/api/tracks/{r['id']}/audio"
             r["track"] = os.path.basename(r["track"])  # no server paths to clients
-        # upload, probe, embed (= hash + read or decode + encode), project, search; total = the whole request
-        seconds = {**timing, **embedded.seconds, "project": report.seconds.get("project", 0.0),
-                   "search": report.seconds.get("search", 0.0), "total": time.perf_counter() - t0}
-        return {"video": _video_json(video), "mode": report.mode, "projector": report.projector,
-                "search": report.search, "k": report.k, "notes": report.notes, "results": rec.results,
-                "seconds": {k: round(v, 4) for k, v in seconds.items()}}
+        return {"video": _video_json(video) if video else None, "mode": report.mode, "projector": report.projector,
+                "search": report.search, "k": report.k, "notes": report.notes, "steering": report.steering,
+                "results": rec.results, "seconds": {k: round(v, 4) for k, v in seconds.items()}}
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -138,6 +158,9 @@ def create_app(recommender: Recommender, config: Config, *, temp_root: str | Pat
                                             "tracks": lib.n_tracks, "windows": lib.n_windows},
                 "mode": recommender.projector.kind, "projector": recommender.projector.describe(),
                 "encoder": config.encoder.name, "k": sc.k, "max_upload_mb": sc.max_upload_mb,
+                "steering": {"available": lib.steering_problem() is None,
+                             "why_not": (lib.steering_problem() or "").replace(str(lib.path), lib.path.name) or None,
+                             "text_weight": config.recommend.text_weight},
                 "uptime_s": round(time.time() - started, 1)}
 
     @app.get("/api/videos", summary="Videos the feature cache already holds, playable on this server")
@@ -147,7 +170,9 @@ def create_app(recommender: Recommender, config: Config, *, temp_root: str | Pat
     @app.post("/api/recommend", summary="Upload a video (raw body) and get the tracks that fit it",
               openapi_extra=RAW_BODY)
     async def recommend_upload(request: Request, k: Annotated[int | None, Query(ge=1, le=100)] = None,
-                               name: Annotated[str | None, Query(max_length=255)] = None):
+                               name: Annotated[str | None, Query(max_length=255)] = None,
+                               text: Annotated[str | None, Query(max_length=300)] = None,
+                               text_weight: Annotated[float | None, Query(ge=0, le=1)] = None):
         t0 = time.perf_counter()
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
@@ -171,17 +196,24 @@ def create_app(recommender: Recommender, config: Config, *, temp_root: str | Pat
         video = await run_in_threadpool(registry.add_upload, vid, part, name or "")
         timing["probe"] = time.perf_counter() - t
         try:
-            return await run_in_threadpool(recommend, video, k, timing, t0)
+            return await run_in_threadpool(recommend, video, k, timing, t0, text or None, text_weight)
         finally:
             registry.release(video.id)
 
     @app.post("/api/videos/{vid}/recommend", summary="The tracks that fit an uploaded or already-extracted video")
-    def recommend_known(vid: str, k: Annotated[int | None, Query(ge=1, le=100)] = None):
+    def recommend_known(vid: str, k: Annotated[int | None, Query(ge=1, le=100)] = None,
+                        text: Annotated[str | None, Query(max_length=300)] = None,
+                        text_weight: Annotated[float | None, Query(ge=0, le=1)] = None):
         video = video_or_404(vid, pin=True)
         try:
-            return recommend(video, k, {}, time.perf_counter())
+            return recommend(video, k, {}, time.perf_counter(), text or None, text_weight)
         finally:
             registry.release(video.id)
+
+    @app.get("/api/search", summary="Search the library by text alone (zero-shot, ImageBind text → music)")
+    def search_text(text: Annotated[str, Query(min_length=1, max_length=300)],
+                    k: Annotated[int | None, Query(ge=1, le=100)] = None):
+        return recommend(None, k, {}, time.perf_counter(), text)
 
     @app.get("/api/videos/{vid}/file", summary="The video file (supports HTTP range requests)")
     def video_file(vid: str):

@@ -43,6 +43,14 @@ async function init() {
       `${health.mode === "zero-shot" ? "zero-shot (no trained run)" : "run"} · ${health.encoder} encoder`;
     $("limit").textContent = `(up to ${health.max_upload_mb} MB)`;
     $("k").value = health.k;
+    $("weight").value = health.steering.text_weight;
+    $("weight-value").textContent = Number(health.steering.text_weight).toFixed(2);
+    if (!health.steering.available) {
+      $("steer").classList.add("off");
+      for (const id of ["text", "weight", "search-text"]) $(id).disabled = true;
+      $("steer-note").textContent = health.steering.why_not;
+      $("steer-note").hidden = false;
+    }
     const { videos } = await getJSON("/api/videos");
     const select = $("indexed");
     for (const v of videos) {
@@ -62,6 +70,17 @@ async function init() {
 // -- choosing a video -----------------------------------------------------------------------
 function k() { return Math.max(1, Math.min(50, parseInt($("k").value, 10) || 5)); }
 
+// the query string for a request: k, and the steering text and weight when the text box has words
+function params(extra = {}) {
+  const p = new URLSearchParams({ k: k(), ...extra });
+  const text = $("text").value.trim();
+  if (text && !$("text").disabled) {
+    p.set("text", text);
+    p.set("text_weight", $("weight").value);
+  }
+  return p.toString();
+}
+
 function setProgress(percent, text) {
   $("progress").hidden = percent === null;
   if (percent !== null) {
@@ -78,7 +97,7 @@ function upload(file) {
     return;
   }
   const xhr = new XMLHttpRequest();
-  xhr.open("POST", `/api/recommend?k=${k()}&name=${encodeURIComponent(file.name)}`);
+  xhr.open("POST", `/api/recommend?${params({ name: file.name })}`);
   xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
   xhr.upload.onprogress = (e) => {
     if (e.lengthComputable) setProgress(100 * e.loaded / e.total, `uploading ${Math.round(100 * e.loaded / e.total)} %`);
@@ -99,10 +118,24 @@ async function recommendIndexed(id) {
   if (!id) return;
   setProgress(100, "finding tracks that fit…");
   try {
-    const response = await fetch(`/api/videos/${encodeURIComponent(id)}/recommend?k=${k()}`, { method: "POST" });
+    const response = await fetch(`/api/videos/${encodeURIComponent(id)}/recommend?${params()}`, { method: "POST" });
     const body = await response.json().catch(() => null);
     if (!response.ok) throw new Error(errorText(response, body));
     show(body, body.video.url);
+  } catch (err) {
+    showMessage(err.message);
+  } finally {
+    setProgress(null);
+  }
+}
+
+async function searchText() {
+  showMessage("");
+  const text = $("text").value.trim();
+  if (!text) { showMessage("type a few words to search by, e.g. calm piano"); return; }
+  setProgress(100, "searching by text…");
+  try {
+    show(await getJSON(`/api/search?${new URLSearchParams({ text, k: k() })}`), null);
   } catch (err) {
     showMessage(err.message);
   } finally {
@@ -148,6 +181,7 @@ function curveSvg(curve, best) {
 }
 
 function previewUrl(r) {
+  if (!state.video) return null;
   const mix = Number($("original").value);
   return `/api/videos/${encodeURIComponent(state.video.id)}/preview?track=${r.id}&start=${r.start}&mix=${mix}`;
 }
@@ -158,11 +192,23 @@ function show(data, videoUrl) {
   state.results = data.results;
   const video = $("video");
   $("video-note").hidden = true;
-  video.src = videoUrl;
+  if (videoUrl) {
+    video.hidden = false;
+    video.src = videoUrl;
+  } else {
+    video.removeAttribute("src");
+    video.load();
+    video.hidden = true;
+  }
   video.muted = Number($("original").value) === 0;
   $("result").hidden = false;
-  $("result-title").textContent = `${data.results.length} tracks for ${data.video.name}`;
-  const how = data.mode === "zero-shot" ? "zero-shot (no trained run)" : "through the trained run";
+  const steering = data.steering;
+  $("result-title").textContent = data.video
+    ? `${data.results.length} tracks for ${data.video.name}`
+    : `${data.results.length} tracks for “${steering.text}”`;
+  let how = data.mode === "zero-shot" ? "zero-shot (no trained run)" : "through the trained run";
+  if (steering && steering.kind === "steered") how += ` · steered by “${steering.text}” (weight ${steering.weight})`;
+  if (steering && steering.kind !== "steered") how = "text only, zero-shot (ImageBind text → music)";
   $("result-meta").textContent = `${how} · ${data.search} search · answered in ${data.seconds.total.toFixed(2)} s` +
     (data.notes.length ? ` · ${data.notes.join("; ")}` : "");
   const cards = $("cards");
@@ -188,6 +234,11 @@ function show(data, videoUrl) {
     numbers.innerHTML = "score <b></b><br>start <b></b>";
     numbers.children[0].textContent = r.score.toFixed(3);
     numbers.children[2].textContent = fmtTime(r.start);
+    if (r.text_score !== undefined) {
+      numbers.title = r.video_score !== undefined
+        ? `video ${r.video_score.toFixed(3)} · text ${r.text_score.toFixed(3)} (cosines; the score mixes them standardised)`
+        : `text–music cosine ${r.text_score.toFixed(3)}`;
+    }
     const actions = document.createElement("div");
     actions.className = "actions";
     const play = document.createElement("button");
@@ -201,7 +252,7 @@ function show(data, videoUrl) {
     download.title = "the video with this track under it, from the suggested start (made by the server)";
     download.href = previewUrl(r);
     download.addEventListener("click", () => { download.href = previewUrl(r); });
-    actions.append(play, download);
+    if (state.video) actions.append(play, download); else actions.append(play);
     li.append(rank, who, numbers, curveSvg(r.curve, r), actions);
     cards.appendChild(li);
   });
@@ -242,11 +293,12 @@ async function playTrack(i) {
   try {
     await whenReady(audio);
     if (!state.playing || state.playing.index !== i) return; // another track was picked meanwhile
-    if (!video.error) video.currentTime = 0;
+    const withVideo = !!state.video && !video.error;
+    if (withVideo) video.currentTime = 0;
     audio.currentTime = r.start;
     audio.dataset.startedAt = r.start;
     const plays = [audio.play()];
-    if (!video.error) plays.push(video.play());
+    if (withVideo) plays.push(video.play());
     await Promise.all(plays);
   } catch (err) {
     showMessage(`could not play ${r.title || r.track}: ${err.message}`);
@@ -254,7 +306,7 @@ async function playTrack(i) {
 }
 
 function follow() {
-  if (!state.playing) return;
+  if (!state.playing || !state.video) return;
   const audio = $("audio");
   const target = audioTarget();
   if (Math.abs(audio.currentTime - target) > 0.25) audio.currentTime = target;
@@ -269,6 +321,7 @@ function wirePlayer() {
   video.addEventListener("timeupdate", follow);
   video.addEventListener("ended", () => audio.pause());
   video.addEventListener("error", () => {
+    if (!state.video) return; // a text-only result has no video
     const note = $("video-note");
     note.textContent = "This browser can't play the video's format; the tracks still play on their own.";
     note.hidden = false;
@@ -295,6 +348,9 @@ function wireInput() {
   }
   drop.addEventListener("drop", (e) => upload(e.dataTransfer.files[0]));
   $("indexed").addEventListener("change", (e) => recommendIndexed(e.target.value));
+  $("search-text").addEventListener("click", searchText);
+  $("text").addEventListener("keydown", (e) => { if (e.key === "Enter") searchText(); });
+  $("weight").addEventListener("input", () => { $("weight-value").textContent = Number($("weight").value).toFixed(2); });
 }
 
 wirePlayer();
