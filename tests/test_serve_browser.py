@@ -11,6 +11,7 @@ there a missing browser fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -22,6 +23,7 @@ import torch
 
 from mvbind.stages.serve import make_app
 from tests.planted_library import build_planted
+from tests.test_steer import PROMPT, build_steerable
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -31,15 +33,11 @@ if CHROMIUM is None and os.environ.get("MVBIND_REQUIRE_BROWSER") != "1":
                 allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def running(app):
+    """A real uvicorn server for `app` on a free localhost port, in a thread; yields its URL."""
     import uvicorn
 
-    assert CHROMIUM is not None, "MVBIND_REQUIRE_BROWSER=1 but no chromium on PATH: apt-get install chromium"
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    planted = build_planted(tmp_path_factory.mktemp("browser"))
-    app = make_app(planted["config"], run="run", library="planted", progress=False)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -47,11 +45,32 @@ def server(tmp_path_factory):
     while not (server.started and server.servers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started, "uvicorn did not start"
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield {"url": f"http://127.0.0.1:{port}", **planted}
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    assert CHROMIUM is not None, "MVBIND_REQUIRE_BROWSER=1 but no chromium on PATH: apt-get install chromium"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, one_thread):
+    planted = build_planted(tmp_path_factory.mktemp("browser"))
+    with running(make_app(planted["config"], run="run", library="planted", progress=False)) as url:
+        yield {"url": url, **planted}
+
+
+def launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                             args=["--autoplay-policy=no-user-gesture-required", "--mute-audio"])
 
 
 def artifact(name: str) -> list[Path]:
@@ -69,8 +88,7 @@ def test_upload_cards_and_a_track_playing_from_its_suggested_start(server):
     video = server["videos"] / "v3.mp4"
     lo, hi = server["spans"][3]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--autoplay-policy=no-user-gesture-required", "--mute-audio"])
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             errors: list[str] = []
@@ -123,6 +141,40 @@ def test_upload_cards_and_a_track_playing_from_its_suggested_start(server):
             text.write_text("not a video at all\n" * 10)
             page.set_input_files("#file", str(text))
             expect(page.locator("#message")).to_contain_text("not a video", timeout=30_000)
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def test_words_steer_the_page_and_search_by_text_alone(tmp_path, one_thread):
+    from playwright.sync_api import expect, sync_playwright
+
+    lib = build_steerable(tmp_path)
+    with running(make_app(lib["config"], run=None, library="songs", progress=False)) as url, \
+            sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            expect(page.locator("#text")).to_be_enabled()
+            page.locator("#text").fill(PROMPT)
+            page.locator("#search-text").click()
+            cards = page.locator("#cards .card")
+            expect(page.locator("#result-title")).to_contain_text(f"tracks for “{PROMPT}”", timeout=60_000)
+            expect(page.locator("#result-meta")).to_contain_text("text only, zero-shot")
+            expect(cards.nth(0)).to_have_attribute("data-track", str(lib["target_track"]))
+            expect(page.locator("#video")).to_be_hidden()
+            cards.nth(0).locator("button.play").click()
+            page.wait_for_function("() => !document.getElementById('audio').paused", timeout=30_000)
+
+            # the same words steer an uploaded video's recommendations (weight from the slider)
+            page.locator("#weight").fill("0.6")
+            page.set_input_files("#file", str(lib["video"]))
+            expect(page.locator("#result-meta")).to_contain_text(f"steered by “{PROMPT}” (weight 0.6)",
+                                                                 timeout=60_000)
+            expect(cards.nth(0)).to_have_attribute("data-track", str(lib["target_track"]))
             assert errors == []
         finally:
             browser.close()

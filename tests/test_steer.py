@@ -60,7 +60,12 @@ def base(root: Path, **extra):
 def planted(tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("steer")
+    yield build_steerable(tmp_path_factory.mktemp("steer"))
+    torch.set_num_threads(before)
+
+
+def build_steerable(root: Path) -> dict:
+    """A zero-shot tiny-ImageBind library "songs" of six tracks whose window 2 of track 4 is PROMPT's embedding."""
     music = root / "music"
     music.mkdir()
     for i in range(6):
@@ -81,9 +86,8 @@ def planted(tmp_path_factory):
     vectors[target] = text_vec
     with h5py.File(path, "r+") as f:
         f["windows/vectors"][...] = vectors.astype(np.float16)
-    yield {"root": root, "config": config, "video": video, "text": text_vec, "target": target,
-           "target_track": target_track, "vectors": vectors.astype(np.float16).astype(np.float64), "path": path}
-    torch.set_num_threads(before)
+    return {"root": root, "config": config, "video": video, "text": text_vec, "target": target,
+            "target_track": target_track, "vectors": vectors.astype(np.float16).astype(np.float64), "path": path}
 
 
 def expected(vectors: np.ndarray, offsets: np.ndarray, query: np.ndarray | None, text: np.ndarray,
@@ -190,3 +194,22 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_the_server_steers_and_searches_by_text(planted):
+    from fastapi.testclient import TestClient
+
+    from mvbind.stages.serve import make_app
+
+    with TestClient(make_app(planted["config"], run=None, library="songs", progress=False)) as client:
+        assert client.get("/api/health").json()["steering"] == {"available": True, "why_not": None,
+                                                                "text_weight": 0.3}
+        body = client.get("/api/search", params={"text": PROMPT, "k": 3}).json()
+        assert body["video"] is None and body["steering"]["kind"] == "text only (zero-shot)"
+        assert body["results"][0]["id"] == planted["target_track"]
+        plain = client.post("/api/recommend", content=planted["video"].read_bytes(), params={"k": 6}).json()
+        steered = client.post("/api/recommend", content=planted["video"].read_bytes(),
+                              params={"k": 6, "text": PROMPT, "text_weight": 0.6}).json()
+        assert plain["steering"] is None and steered["steering"] == {"kind": "steered", "text": PROMPT, "weight": 0.6}
+        assert steered["results"][0]["id"] == planted["target_track"] != plain["results"][0]["id"]
+        assert {"text_score", "video_score"} <= set(steered["results"][0])
