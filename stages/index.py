@@ -187,7 +187,7 @@ def index(config: Config, source: str | Path, *, run: str | Path | None = None, 
     vectors = projector.windows(raw).astype(np.float32)
     secs["project"] = time.perf_counter() - t
     t = time.perf_counter()
-    paths = [first_path[k] for k in keys]
+    paths = [os.path.abspath(first_path[k]) for k in keys]  # the library is used from other folders (serve)
     tags = [read_tags(p) for p in tqdm(paths, desc="tags", unit="track", disable=not progress or len(paths) < 200)]
     secs["tags"] = time.perf_counter() - t
 
