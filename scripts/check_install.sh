@@ -16,7 +16,7 @@ VENV="$ROOT/build/fresh-venv"
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check "$ROOT" "import-linter==2.17"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "$ROOT[serve]" "import-linter==2.17" httpx2
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -36,5 +36,17 @@ block = re.search(r"<!-- notebook-example[^>]*-->\s*```python\n(.*?)```", open(s
 exec(compile(block.group(1), "README.md", "exec"), {})
 PY
 echo "install: the README's notebook example ran from $WORK"
+
+# The page ships inside the package: the demo's printed serve settings answer with it, installed.
+"$VENV/bin/python" - <<'PY'
+from pathlib import Path
+from starlette.testclient import TestClient
+from mvbind.pipeline.config import load_config
+from mvbind.stages.serve import make_app
+with TestClient(make_app(load_config(Path("demo/pipeline.toml")), run="demo", library="demo", progress=False)) as c:
+    page, js = c.get("/"), c.get("/static/app.js")
+    assert page.status_code == 200 and "mvbind" in page.text and js.status_code == 200, (page, js)
+PY
+echo "install: mvbind serve's page is in the installed package"
 
 "$VENV/bin/lint-imports" --no-cache "$ROOT/pyproject.toml"

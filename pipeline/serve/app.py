@@ -265,6 +265,9 @@ def _video_json(video: Video) -> dict:
 
 
 def _version() -> str:
-    from mvbind import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("mvbind")
+    except PackageNotFoundError:  # a checkout on sys.path without an install
+        return "0+unknown"
