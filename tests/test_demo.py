@@ -50,6 +50,12 @@ def check_attribute_headline(result, text: str, workdir: Path) -> None:
         assert 0 <= report.chance[measure] <= 5
         assert f"| {report.mean[measure]:.2f} | {report.chance[measure]:.2f} |" in text
     assert report.chance["own"] == 5 / n  # one track of n, five drawn
+    # The README shows the real demo's table: the same header and row labels as this one prints.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    header, rule, *rows = report.table().splitlines()[:7]
+    assert f"\n{header}\n{rule}\n" in readme
+    for row in rows:
+        assert "\n" + row.rsplit(" | ", 2)[0] + " | " in readme, row
 
     first = report.per_video[0]
     own = tracks[next(v["music_id"] for v in truth["videos"] if str(workdir / "data" / v["path"]) == first["video"])]
