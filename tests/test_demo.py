@@ -6,9 +6,11 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from mvbind.pipeline.config import load_config
+from mvbind.pipeline.library.recommender import Recommender
 from mvbind.stages.demo import run_demo
 from mvbind.stages.serve import make_app
 
@@ -25,6 +27,50 @@ def stamps(folder: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def check_attribute_headline(result, text: str, workdir: Path) -> None:
+    """The attribute table covers every held-out test video, and one video's count is recomputed here from
+    demo.json and a fresh recommendation (tracks named by their files, m0003.mp3 → m0003)."""
+    report = result.attributes
+    test_keys = json.loads((result.run_dir / "split.json").read_text())["test"]
+    assert report.videos == len(test_keys) > len(result.held_out)  # all held-out videos, not the few shown
+    assert "| measure | top-5 mean | chance |" in text and f"mean over {report.videos} held-out videos" in text
+    headline = text[text.index("Headline:"):]
+    assert "all attributes match (precision@5" in headline and "its own track in the top 5" in headline
+    assert "== recommend for held-out test videos ==" not in headline  # the table is the ending, after the examples
+    saved = json.loads((result.eval_dir / "attributes.json").read_text())
+    assert saved["videos"] == report.videos and (result.eval_dir / "attributes.md").read_text().endswith(
+        report.table())
+
+    truth = json.loads((workdir / "data" / "demo.json").read_text())
+    tracks = {t["music_id"]: t for t in truth["tracks"]}
+    n = len(tracks)
+    for measure in ("match", "tempo", "mode", "instrument", "own"):
+        values = [v["counts"][measure] for v in report.per_video]
+        assert report.mean[measure] == sum(values) / report.videos
+        assert 0 <= report.chance[measure] <= 5
+        assert f"| {report.mean[measure]:.2f} | {report.chance[measure]:.2f} |" in text
+    assert report.chance["own"] == 5 / n  # one track of n, five drawn
+    # The README shows the real demo's table: the same header and row labels as this one prints.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    header, rule, *rows = report.table().splitlines()[:7]
+    assert f"\n{header}\n{rule}\n" in readme
+    for row in rows:
+        assert "\n" + row.rsplit(" | ", 2)[0] + " | " in readme, row
+
+    first = report.per_video[0]
+    own = tracks[next(v["music_id"] for v in truth["videos"] if str(workdir / "data" / v["path"]) == first["video"])]
+    rec = Recommender(load_config(workdir / "pipeline.toml"), library="demo", run="demo")
+    top = [tracks[Path(r["track"]).stem] for r in rec.recommend([first["video"]], k=5).recommendations[0].results]
+
+    def match(t: dict) -> bool:
+        return abs(t["tempo"] - own["tempo"]) <= 0.05 * own["tempo"] and (t["mode"], t["instrument"]) == (
+            own["mode"], own["instrument"])
+
+    assert len(top) == 5 and first["counts"]["match"] == sum(map(match, top))
+    assert first["counts"]["own"] == int(own["music_id"] in [t["music_id"] for t in top])
+    assert first["chance"]["match"] == pytest.approx(5 * sum(map(match, tracks.values())) / n)  # its own included
+
+
 def test_demo_runs_end_to_end_on_a_tiny_collection(tmp_path, one_thread):
     lines = []
     result = run_demo(tmp_path / "demo", notify=lines.append, **TINY)
@@ -38,6 +84,7 @@ def test_demo_runs_end_to_end_on_a_tiny_collection(tmp_path, one_thread):
     assert len(result.held_out) == 2 and all(c["video"] for c in result.held_out)
     assert "music is generated" in text
     assert "inputs 20: extracted 20, reused from cache 0" in text
+    check_attribute_headline(result, text, tmp_path / "demo")
 
     # It ends with the command that opens the web page on its run and library; those settings serve.
     command = lines[-1].strip()
