@@ -149,6 +149,10 @@ def validate_library(config) -> None:
            f"unknown mode {rec.preview_audio!r}; choose replace or mix")
     _check(math.isfinite(rec.preview_mix_volume) and 0 <= rec.preview_mix_volume <= 4,
            "recommend.preview_mix_volume", f"must be in [0, 4], got {rec.preview_mix_volume}")
+    _check(math.isfinite(rec.beat_search) and rec.beat_search >= 0, "recommend.beat_search",
+           f"must be >= 0 seconds, got {rec.beat_search}")
+    _check(math.isfinite(rec.beat_tolerance) and 0 < rec.beat_tolerance <= 1, "recommend.beat_tolerance",
+           f"must be in (0, 1] seconds, got {rec.beat_tolerance}")
 
 
 def validate_serve(config) -> None:
