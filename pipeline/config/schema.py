@@ -196,6 +196,9 @@ class RecommendConfig:
     preview_audio: str = "replace"  # --preview: replace the video's audio with the track, or mix both
     preview_mix_volume: float = 0.3  # mix: level of the video's own audio (the track stays at 1.0)
     text_weight: float = 0.3  # --text: weight of the text in the steered score (0 = video only, 1 = text only)
+    beat_align: bool = True  # also suggest a start that puts the video's cuts on the track's beats
+    beat_search: float = 2.0  # seconds either side of the window start where the aligned start is looked for
+    beat_tolerance: float = 0.1  # seconds: a cut within this of a beat counts as on the beat
 
 
 @dataclass

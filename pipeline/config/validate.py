@@ -151,6 +151,10 @@ def validate_library(config) -> None:
            f"must be in [0, 1] (0 = the video only, 1 = the text only), got {rec.text_weight}")
     _check(math.isfinite(rec.preview_mix_volume) and 0 <= rec.preview_mix_volume <= 4,
            "recommend.preview_mix_volume", f"must be in [0, 4], got {rec.preview_mix_volume}")
+    _check(math.isfinite(rec.beat_search) and rec.beat_search >= 0, "recommend.beat_search",
+           f"must be >= 0 seconds, got {rec.beat_search}")
+    _check(math.isfinite(rec.beat_tolerance) and 0 < rec.beat_tolerance <= 1, "recommend.beat_tolerance",
+           f"must be in (0, 1] seconds, got {rec.beat_tolerance}")
 
 
 def validate_serve(config) -> None:

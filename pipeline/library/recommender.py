@@ -26,6 +26,7 @@ from mvbind.errors import MvbindError, open_reason
 from mvbind.pipeline.config import Config
 from mvbind.pipeline.console import say
 from mvbind.pipeline.encoders.base import extractor_settings, make_embedder, make_preparer
+from mvbind.pipeline.library.beats import align_results
 from mvbind.pipeline.library.locate import resolve_library
 from mvbind.pipeline.library.projector import Projector, check_compatible, load_projector
 from mvbind.pipeline.library.steer import TextEncoder, best_windows, combine
@@ -82,14 +83,15 @@ class RecommendReport:
             lines.append("")
             what = f"{rec.video} ({rec.duration:.1f} s)" if rec.key else rec.video
             lines.append(f"{what}: top {len(rec.results)}")
-            rows = [("rank", "score", "start", "track", "file")]
+            beats = any("aligned_start" in r for r in rec.results)
+            rows = [("rank", "score", "start", *(("beat start",) if beats else ()), "track", "file")]
             for r in rec.results:
-                rows.append((str(r["rank"]), f"{r['score']:.3f}", fmt_time(r["start"]), r["label"],
+                aligned = (fmt_beat(r),) if beats else ()
+                rows.append((str(r["rank"]), f"{r['score']:.3f}", fmt_time(r["start"]), *aligned, r["label"],
                              os.path.basename(r["track"])))
             widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
             for n, row in enumerate(rows):
-                cells = [row[0].rjust(widths[0]), row[1].rjust(widths[1]), row[2].rjust(widths[2]),
-                         row[3].ljust(widths[3]), row[4]]
+                cells = [c.rjust(w) for c, w in zip(row[:-2], widths)] + [row[-2].ljust(widths[-2]), row[-1]]
                 lines.append("  ".join(cells).rstrip())
                 if n == 0:
                     lines.append("  ".join("-" * w for w in widths))
@@ -101,6 +103,15 @@ class RecommendReport:
 def fmt_time(seconds: float) -> str:
     m, s = divmod(max(0.0, float(seconds)), 60.0)
     return f"{int(m)}:{s:04.1f}"
+
+
+def fmt_beat(result: dict) -> str:
+    """The beat-aligned start to the hundredth (a beat is a few tenths) and its score: "0:12.35 (0.80)";
+    "-" where nothing could be aligned."""
+    if result.get("alignment") is None:
+        return "-"
+    m, s = divmod(max(0.0, float(result["aligned_start"])), 60.0)
+    return f"{int(m)}:{s:05.2f} ({result['alignment']:.2f})"
 
 
 @dataclass
@@ -339,6 +350,12 @@ class Recommender:
                     rec.results.append(r)
                 report.recommendations.append(rec)
         secs["search"] = time.perf_counter() - t
+        if rc.beat_align:  # a start that puts the video's cuts on the track's beats (not for a text alone)
+            t = time.perf_counter()
+            for rec in report.recommendations:
+                if rec.key and rec.results:
+                    notes += align_results(rec.results, rec.video, search=rc.beat_search, tolerance=rc.beat_tolerance)
+            secs["beats"] = time.perf_counter() - t
         secs["total"] = time.perf_counter() - t0
         report.seconds = secs
         return report
