@@ -90,7 +90,8 @@ def test_an_upload_gets_its_planted_track_first_from_inside_the_planted_stretch(
     starts, scores = np.array(top["curve"]).T
     j = int(np.argmax(scores))
     assert starts[j] == top["start"] and abs(scores[j] - top["score"]) < 1e-3
-    assert set(body["seconds"]) >= {"upload", "probe", "embed", "search", "total"}
+    assert set(body["seconds"]) >= {"upload", "probe", "embed", "search", "beats", "total"}
+    assert all("aligned_start" in r and "alignment" in r for r in body["results"])  # recommend.beat_align
 
 
 def test_indexed_videos_are_listed_and_recommended_from_the_cache(client, planted):

@@ -104,8 +104,10 @@ def test_upload_cards_and_a_track_playing_from_its_suggested_start(server):
             expect(page.locator("#result-title")).to_contain_text("4 tracks for v3.mp4")
             first = cards.nth(0)
             expect(first.locator(".title")).to_have_text("track3.wav")
-            start = float(first.get_attribute("data-start"))
-            assert lo <= start and start + 2.0 <= hi + 1e-6, (start, lo, hi)
+            window_start = float(first.get_attribute("data-window-start"))
+            assert lo <= window_start and window_start + 2.0 <= hi + 1e-6, (window_start, lo, hi)
+            start = float(first.get_attribute("data-start"))  # playback: the beat-aligned start where there is one
+            assert abs(start - window_start) <= 2.0 + 1e-6  # recommend.beat_search
             expect(first.locator("svg.curve polyline")).to_have_count(1)
 
             first.locator("button.play").click()

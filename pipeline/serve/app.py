@@ -134,9 +134,10 @@ def create_app(recommender: Recommender, config: Config, *, temp_root: str | Pat
                                            notify=log.info)
         except MvbindError as err:
             raise ApiError(422, str(err)) from None
-        # upload, probe, embed (= hash + read or decode + encode), text, project, search; total = the whole request
-        seconds = {**timing, **embedded.seconds, **{p: report.seconds[p] for p in ("text", "project", "search")
-                                                   if p in report.seconds}, "total": time.perf_counter() - t0}
+        # upload, probe, embed (= hash + read or decode + encode), text, project, search, beats; total = the request
+        parts = ("text", "project", "search", "beats")
+        seconds = {**timing, **embedded.seconds, **{p: report.seconds[p] for p in parts if p in report.seconds},
+                   "total": time.perf_counter() - t0}
         return answer(video, report, seconds)
 
     def answer(video: Video | None, report, seconds: dict) -> dict:

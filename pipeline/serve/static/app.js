@@ -180,10 +180,14 @@ function curveSvg(curve, best) {
   return svg;
 }
 
+// where playback starts: the beat-aligned start (the video's cuts on the track's beats) when the server
+// found one, else the best window's start
+function playStart(r) { return r.alignment !== undefined && r.alignment !== null ? r.aligned_start : r.start; }
+
 function previewUrl(r) {
   if (!state.video) return null;
   const mix = Number($("original").value);
-  return `/api/videos/${encodeURIComponent(state.video.id)}/preview?track=${r.id}&start=${r.start}&mix=${mix}`;
+  return `/api/videos/${encodeURIComponent(state.video.id)}/preview?track=${r.id}&start=${playStart(r)}&mix=${mix}`;
 }
 
 function show(data, videoUrl) {
@@ -217,7 +221,8 @@ function show(data, videoUrl) {
     const li = document.createElement("li");
     li.className = "card";
     li.dataset.track = r.id;
-    li.dataset.start = r.start;
+    li.dataset.start = playStart(r);
+    li.dataset.windowStart = r.start;
     const rank = document.createElement("div");
     rank.className = "rank";
     rank.textContent = r.rank;
@@ -234,6 +239,15 @@ function show(data, videoUrl) {
     numbers.innerHTML = "score <b></b><br>start <b></b>";
     numbers.children[0].textContent = r.score.toFixed(3);
     numbers.children[2].textContent = fmtTime(r.start);
+    if (playStart(r) !== r.start) {
+      const beat = document.createElement("span");
+      beat.className = "beat";
+      beat.title = `the start nearest the best window that puts the video's cuts on the track's beats ` +
+        `(${Math.round(100 * r.alignment)} % of cuts on a beat); playback starts here`;
+      beat.innerHTML = "<br>on the beat <b></b>";
+      beat.querySelector("b").textContent = `${Math.floor(r.aligned_start / 60)}:${(r.aligned_start % 60).toFixed(2).padStart(5, "0")}`;
+      numbers.appendChild(beat);
+    }
     if (r.text_score !== undefined) {
       numbers.title = r.video_score !== undefined
         ? `video ${r.video_score.toFixed(3)} · text ${r.text_score.toFixed(3)} (cosines; the score mixes them standardised)`
@@ -283,9 +297,10 @@ async function playTrack(i) {
   const audio = $("audio");
   const video = $("video");
   stopAudio();
-  state.playing = { index: i, start: r.start, id: r.id };
+  const start = playStart(r);
+  state.playing = { index: i, start, id: r.id };
   document.querySelectorAll(".card")[i].classList.add("playing");
-  $("now-playing").textContent = `▶ ${r.title || r.track} from ${fmtTime(r.start)}`;
+  $("now-playing").textContent = `▶ ${r.title || r.track} from ${fmtTime(start)}`;
   if (audio.dataset.track !== String(r.id)) {
     audio.src = r.audio_url;
     audio.dataset.track = r.id;
@@ -295,8 +310,8 @@ async function playTrack(i) {
     if (!state.playing || state.playing.index !== i) return; // another track was picked meanwhile
     const withVideo = !!state.video && !video.error;
     if (withVideo) video.currentTime = 0;
-    audio.currentTime = r.start;
-    audio.dataset.startedAt = r.start;
+    audio.currentTime = start;
+    audio.dataset.startedAt = start;
     const plays = [audio.play()];
     if (withVideo) plays.push(video.play());
     await Promise.all(plays);
