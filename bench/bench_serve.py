@@ -8,6 +8,8 @@ probe, hash, decode, encode and search.
 
   1. signal encoder, the demo's trained run and library: sequential requests (median, p95), the
      server's own breakdown per stage, then 4 concurrent clients (throughput).
+  (decode = the encoder's input preparation: for signal, decoding plus its hand-made features; beats =
+  cut detection on the video plus beat tracking on tracks not seen before: recommend.beat_align.)
   2. the same with the tiny ImageBind (random weights, zero-shot) over 20 of the demo's tracks,
      indexed here into a temporary library.
 
@@ -36,7 +38,7 @@ from pathlib import Path
 
 from mvbind.pipeline.media.ffmpeg import ffmpeg_exe
 
-STAGES = ("upload", "probe", "hash", "decode", "encode", "project", "search", "total")
+STAGES = ("upload", "probe", "hash", "read", "decode", "encode", "project", "search", "beats", "total")
 
 
 def make_videos(folder: Path, n: int, seconds: float = 10.0) -> list[Path]:

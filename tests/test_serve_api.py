@@ -233,6 +233,9 @@ def test_the_page_and_the_openapi_description_are_served(client):
     body = spec["paths"]["/api/recommend"]["post"]["requestBody"]
     assert "application/octet-stream" in body["content"]
     assert {"/api/health", "/api/videos/{vid}/file", "/api/tracks/{track}/audio"} <= set(spec["paths"])
+    docs = client.get("/docs")  # the OpenAPI page, from packaged assets (no CDN)
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
 
 
 def test_text_steering_on_a_library_that_cannot_be_steered_says_why(client, planted):

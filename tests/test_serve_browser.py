@@ -144,6 +144,11 @@ def test_upload_cards_and_a_track_playing_from_its_suggested_start(server):
             page.set_input_files("#file", str(text))
             expect(page.locator("#message")).to_contain_text("not a video", timeout=30_000)
             assert errors == []
+
+            # the OpenAPI page renders every operation from packaged assets (the browser has no internet)
+            page.goto(server["url"] + "/docs")
+            expect(page.locator(".opblock")).to_have_count(8, timeout=30_000)
+            expect(page.locator(".opblock").filter(has_text="/api/recommend").first).to_be_visible()
         finally:
             browser.close()
 

@@ -77,8 +77,8 @@ def create_app(recommender: Recommender, config: Config, *, temp_root: str | Pat
         finally:
             registry.close()
 
-    app = FastAPI(title="mvbind", summary="Background music for short videos: the tracks of a library that fit.",
-                  version=_version(), lifespan=lifespan)
+    app = _fastapi(title="mvbind", summary="Background music for short videos: the tracks of a library that fit.",
+                   version=_version(), lifespan=lifespan, redoc_url=None)
     app.state.registry = registry
     app.state.recommender = recommender
 
@@ -263,6 +263,16 @@ def create_app(recommender: Recommender, config: Config, *, temp_root: str | Pat
 def _video_json(video: Video) -> dict:
     return {"id": video.id, "name": video.name, "kind": video.kind, "duration": round(video.duration, 3),
             "url": f"/api/videos/{video.id}/file"}
+
+
+def _fastapi(**kwargs) -> FastAPI:
+    """FastAPI whose OpenAPI page (/docs) serves Swagger UI from the fastapi-offline wheel (the serve extra),
+    so it works offline; FastAPI's own page loads Swagger UI from a CDN, used only without that package."""
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:
+        return FastAPI(**kwargs)
+    return FastAPIOffline(static_url="/docs-assets", favicon_url="data:,", **kwargs)
 
 
 def _version() -> str:
