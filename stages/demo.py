@@ -17,7 +17,10 @@ say nothing about real short videos or about ImageBind; for those, run the same 
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -176,9 +179,22 @@ def run_demo(workdir: str | Path, *, videos: int = 300, library_tracks: int = 20
 
 
 def serve_command(workdir: Path) -> str:
-    """The command that opens the page on the demo's run and library (paths as the user gave them)."""
+    """The command that opens the page on the demo's run and library (paths as the user gave them), with
+    the console script of this very install, so it runs as printed (e.g. `.venv/bin/mvbind` after the
+    quickstart, which does not put .venv/bin on PATH)."""
     config = shlex.quote(str(Path(workdir) / "pipeline.toml"))
-    return f"mvbind serve --config {config} --run demo --library demo"
+    return f"{_this_mvbind()} serve --config {config} --run demo --library demo"
+
+
+def _this_mvbind() -> str:
+    script = Path(sys.executable).with_name("mvbind")
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m mvbind"
+    on_path = shutil.which("mvbind")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "mvbind"
+    relative = os.path.relpath(script)
+    return shlex.quote(relative if not relative.startswith("..") else str(script))
 
 
 def _existing_demo(manifest: Path) -> dict | None:

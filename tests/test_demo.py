@@ -4,6 +4,8 @@ import contextlib
 import io
 import json
 import re
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -89,7 +91,10 @@ def test_demo_runs_end_to_end_on_a_tiny_collection(tmp_path, one_thread):
     # It ends with the command that opens the web page on its run and library; those settings serve.
     command = lines[-1].strip()
     settings = tmp_path / "demo" / "pipeline.toml"
-    assert command == f"mvbind serve --config {settings} --run demo --library demo", lines[-3:]
+    program, rest = command.split(" serve ", 1)
+    assert rest == f"--config {settings} --run demo --library demo", lines[-3:]
+    ran = subprocess.run([*shlex.split(program), "serve", "--help"], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0 and "--allow-remote" in ran.stdout, (program, ran.stderr[-500:])  # runs as printed
     with TestClient(make_app(load_config(settings), run="demo", library="demo", progress=False)) as client:
         tracks = len(list((tmp_path / "demo" / "data" / "library").glob("*.mp3")))
         assert client.get("/api/health").json()["library"]["tracks"] == tracks
