@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -116,6 +115,7 @@ class ExtractSummary:
     decode_seconds: float = 0.0  # summed over workers
     infer_seconds: float = 0.0
     write_seconds: float = 0.0
+    model_seconds: float | None = None  # building/loading the encoder; None = not built (nothing to embed)
     unit: str = "video"  # what an item is, for the summary ("track" for a music library)
     item_keys: dict[str, str] = field(default_factory=dict)  # input path -> content key, where it was read
 
@@ -133,7 +133,9 @@ class ExtractSummary:
             f"time {self.seconds:.1f}s ({self.videos_per_second:.2f} {self.unit}s/s); "
             f"decode {self.decode_seconds:.1f}s "
             f"(worker total), infer {self.infer_seconds:.1f}s, write {self.write_seconds:.1f}s; "
-            f"{len(self.shards)} shard(s) committed",
+            f"{len(self.shards)} shard(s) committed; "
+            + ("model not loaded (nothing to embed)" if self.model_seconds is None
+               else f"model load {self.model_seconds:.1f}s"),
         ]
         if self.without_audio:
             out.append(f"{self.without_audio} item(s) have no audio: video embeddings stored, audio marked missing")
@@ -180,14 +182,13 @@ def run_extraction(
     extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
     progress: bool = True,
     windows: WindowLayout | None = None,
-    lazy_model: bool = False,
 ) -> ExtractSummary:
     """Extract every input into the namespace of `config`'s extractor settings; returns the summary.
 
     With `windows`, the inputs are music tracks: their audio is embedded window by window into the
     track namespace of those settings + that layout (pass ``require=("audio",)``).
-    `lazy_model` loads the encoder only once an item needs embedding (recommend: a cached video
-    costs a hash, not a model load).
+    The encoder is built only once an item needs embedding: a fully cached rerun costs hashes, not
+    a model load (seconds and gigabytes with the huge architecture).
     """
     t_start = time.perf_counter()
     items = list(source) if isinstance(source, list) else list_inputs(source, extensions)
@@ -223,10 +224,10 @@ def run_extraction(
         # Libraries a preparer must not first initialise inside a forked worker are loaded here.
         if hasattr(preparer, "warm_up"):
             preparer.warm_up()
-        # Start the decoding workers before loading the model: they decode while the weights load,
-        # and they are forked before CUDA is initialised in this process.
+        # Start the decoding workers before the model exists: they are forked before CUDA is initialised
+        # in this process, and they keep decoding while the weights load on the first item to embed.
         stream = iter(loader)
-        embedder = _LazyEmbedder(config, progress) if lazy_model else make_embedder(config, progress=progress)
+        embedder = _LazyEmbedder(config, progress, summary)
         buffer = ShardBuffer(ns, config, summary)
         seen: set[str] = set()
         batch: list[Work] = []
@@ -270,25 +271,26 @@ def _identity(x):
 
 
 class _LazyEmbedder:
-    """make_embedder(config) on first use."""
+    """make_embedder(config) on first use; the build time goes into the summary (`model_seconds`,
+    None while no model was built), so a run says whether it paid for a model at all."""
 
-    def __init__(self, config: Config, progress: bool):
-        from mvbind.pipeline.encoders.base import pick_device
-
-        self.config, self.progress = config, progress
-        self.device = pick_device(config.encoder.device) if backend(config).uses_device else torch.device("cpu")
+    def __init__(self, config: Config, progress: bool, summary: ExtractSummary):
+        self.config, self.progress, self.summary = config, progress, summary
         self._embedder = None
 
-    def embed(self, items):
+    def get(self):
         if self._embedder is None:
+            t0 = time.perf_counter()
             self._embedder = make_embedder(self.config, progress=self.progress)
-        return self._embedder.embed(items)
+            self.summary.model_seconds = time.perf_counter() - t0
+        return self._embedder
 
 
-def _embed_batch(embedder, batch: list[Work], todo: list[InputItem], buffer: ShardBuffer,
+def _embed_batch(embedder: _LazyEmbedder, batch: list[Work], todo: list[InputItem], buffer: ShardBuffer,
                  summary: ExtractSummary, earlier_failures: dict[str, str]) -> None:
+    model = embedder.get()
     t0 = time.perf_counter()
-    out = embedder.embed([w.prepared for w in batch])
+    out = model.embed([w.prepared for w in batch])
     summary.infer_seconds += time.perf_counter() - t0
     for work, a, v in zip(batch, out["audio"], out["video"]):
         item = todo[work.index]

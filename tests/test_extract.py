@@ -75,8 +75,10 @@ def test_rerun_renamed_copy_and_settings_change(videos, tmp_path):
     shards = ns.shard_paths()
     assert first.extracted == 4
 
-    again = extract(config, videos, progress=False)  # nothing decoded, nothing written
+    assert first.model_seconds is not None and "model load" in first.lines()[2]
+    again = extract(config, videos, progress=False)  # nothing decoded, nothing written, no model built
     assert (again.extracted, again.reused, again.shards) == (0, 4, [])
+    assert again.model_seconds is None and "model not loaded (nothing to embed)" in again.lines()[2]
     assert ns.shard_paths() == shards
 
     copies = tmp_path / "copies"
