@@ -12,6 +12,7 @@ shard stores them as ragged per-item windows.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from mvbind.pipeline.encoders.base import (
 )
 from mvbind.pipeline.library.windows import WindowLayout, make_window_preparer, window_settings
 from mvbind.pipeline.media.inputs import VIDEO_EXTENSIONS, InputItem, list_inputs
+from mvbind.pipeline.writer import ShardWriter
 
 # Outcomes of the worker step.
 OK, CACHED, ELSEWHERE, FAILED, FAILED_BEFORE = "ok", "cached", "other partition", "failed", "failed before"
@@ -113,8 +115,10 @@ class ExtractSummary:
     shards: list[str] = field(default_factory=list)
     seconds: float = 0.0
     decode_seconds: float = 0.0  # summed over workers
-    infer_seconds: float = 0.0
-    write_seconds: float = 0.0
+    infer_seconds: float = 0.0  # the model's forward passes
+    write_seconds: float = 0.0  # shard commits, in the writer thread
+    decode_wait_seconds: float = 0.0  # the main thread waiting for decoded items
+    write_wait_seconds: float = 0.0  # the main thread waiting for the writer (queue full, final commits)
     model_seconds: float | None = None  # building/loading the encoder; None = not built (nothing to embed)
     unit: str = "video"  # what an item is, for the summary ("track" for a music library)
     item_keys: dict[str, str] = field(default_factory=dict)  # input path -> content key, where it was read
@@ -131,9 +135,9 @@ class ExtractSummary:
             + (f", other partitions {self.other_partition}" if self.other_partition else "")
             + (f", skipped earlier failures {self.skipped_failed} (--retry-failed)" if self.skipped_failed else ""),
             f"time {self.seconds:.1f}s ({self.videos_per_second:.2f} {self.unit}s/s); "
-            f"decode {self.decode_seconds:.1f}s "
-            f"(worker total), infer {self.infer_seconds:.1f}s, write {self.write_seconds:.1f}s; "
-            f"{len(self.shards)} shard(s) committed; "
+            f"main thread: decode wait {self.decode_wait_seconds:.1f}s, forward {self.infer_seconds:.1f}s, "
+            f"write wait {self.write_wait_seconds:.1f}s; decode {self.decode_seconds:.1f}s (worker total), "
+            f"write {self.write_seconds:.1f}s (writer thread); {len(self.shards)} shard(s) committed; "
             + ("model not loaded (nothing to embed)" if self.model_seconds is None
                else f"model load {self.model_seconds:.1f}s"),
         ]
@@ -150,12 +154,11 @@ class ExtractSummary:
 
 
 class ShardBuffer:
-    """Rows waiting to be committed; commits every `size` rows or `seconds` seconds."""
+    """Rows waiting to be committed; every `size` rows or `seconds` seconds they go to the writer thread."""
 
-    def __init__(self, ns: Namespace, config: Config, summary: ExtractSummary):
-        self.ns, self.summary = ns, summary
+    def __init__(self, ns: Namespace, config: Config, writer: ShardWriter):
+        self.ns, self.writer = ns, writer
         self.size, self.seconds = config.extract.shard_size, config.extract.shard_seconds
-        self.partition, self.num_partitions = config.extract.shard_index, config.extract.num_shards
         self.rows: list[Row] = []
         self.last_commit = time.monotonic()
 
@@ -166,10 +169,7 @@ class ShardBuffer:
 
     def commit(self) -> None:
         if self.rows:
-            t0 = time.perf_counter()
-            path = self.ns.write_shard(self.rows, partition=self.partition, num_partitions=self.num_partitions)
-            self.summary.write_seconds += time.perf_counter() - t0
-            self.summary.shards.append(path.name)
+            self.writer.put(self.rows)
             self.rows = []
         self.last_commit = time.monotonic()
 
@@ -228,42 +228,63 @@ def run_extraction(
         # in this process, and they keep decoding while the weights load on the first item to embed.
         stream = iter(loader)
         embedder = _LazyEmbedder(config, progress, summary)
-        buffer = ShardBuffer(ns, config, summary)
-        seen: set[str] = set()
-        batch: list[Work] = []
+        writer = ShardWriter(ns, partition=ext.shard_index, num_partitions=ext.num_shards, depth=ext.write_queue)
+        buffer = ShardBuffer(ns, config, writer)
         bar = tqdm(total=len(todo), unit=summary.unit, desc="extract" if windows is None else "index",
                    disable=not progress, dynamic_ncols=True)
-        for work in stream:
-            bar.update(1)
-            item = todo[work.index]
-            if work.key:
-                summary.item_keys[item.path] = work.key
-            if work.status == FAILED_BEFORE:
-                summary.skipped_failed += 1
-            elif work.status == ELSEWHERE:
-                summary.other_partition += 1
-            elif work.status == CACHED:
-                summary.reused += 1
-            elif work.status == FAILED:
-                ns.record_failure(item.path, work.reason, work.key)
-                summary.failed.append((item.path, work.reason))
-            elif work.key in seen:
-                summary.duplicates += 1
-            else:
-                seen.add(work.key)
-                summary.decode_seconds += work.decode_seconds
-                batch.append(work)
-                if len(batch) >= config.encoder.batch_size:
-                    _embed_batch(embedder, batch, todo, buffer, summary, failures)
-                    batch = []
-            bar.set_postfix(ok=summary.extracted + len(batch), cached=summary.reused, failed=len(summary.failed),
-                            refresh=False)
-        if batch:
-            _embed_batch(embedder, batch, todo, buffer, summary, failures)
-        buffer.commit()
-        bar.close()
+        try:
+            _consume(stream, todo, embedder, buffer, summary, failures, config.encoder.batch_size, bar)
+        except BaseException:
+            with contextlib.suppress(BaseException):  # the run's own error is the one to report
+                writer.close()
+            raise
+        finally:
+            bar.close()
+        writer.close()
+        summary.shards, summary.write_seconds = writer.shards, writer.write_seconds
+        summary.write_wait_seconds = writer.wait_seconds
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def _consume(stream, todo: list[InputItem], embedder: _LazyEmbedder, buffer: ShardBuffer, summary: ExtractSummary,
+             failures: dict[str, str], batch_size: int, bar: tqdm) -> None:
+    """The main thread's loop: take decoded items as workers finish them, embed in batches, queue shards."""
+    seen: set[str] = set()
+    batch: list[Work] = []
+    while True:
+        t0 = time.perf_counter()
+        work = next(stream, None)
+        summary.decode_wait_seconds += time.perf_counter() - t0
+        if work is None:
+            break
+        bar.update(1)
+        item = todo[work.index]
+        if work.key:
+            summary.item_keys[item.path] = work.key
+        if work.status == FAILED_BEFORE:
+            summary.skipped_failed += 1
+        elif work.status == ELSEWHERE:
+            summary.other_partition += 1
+        elif work.status == CACHED:
+            summary.reused += 1
+        elif work.status == FAILED:
+            buffer.ns.record_failure(item.path, work.reason, work.key)
+            summary.failed.append((item.path, work.reason))
+        elif work.key in seen:
+            summary.duplicates += 1
+        else:
+            seen.add(work.key)
+            summary.decode_seconds += work.decode_seconds
+            batch.append(work)
+            if len(batch) >= batch_size:
+                _embed_batch(embedder, batch, todo, buffer, summary, failures)
+                batch = []
+        bar.set_postfix(ok=summary.extracted + len(batch), cached=summary.reused, failed=len(summary.failed),
+                        refresh=False)
+    if batch:
+        _embed_batch(embedder, batch, todo, buffer, summary, failures)
+    buffer.commit()
 
 
 def _identity(x):

@@ -76,6 +76,7 @@ def test_rerun_renamed_copy_and_settings_change(videos, tmp_path):
     assert first.extracted == 4
 
     assert first.model_seconds is not None and "model load" in first.lines()[2]
+    assert "decode wait" in first.lines()[2] and "(writer thread); 1 shard(s) committed" in first.lines()[2]
     again = extract(config, videos, progress=False)  # nothing decoded, nothing written, no model built
     assert (again.extracted, again.reused, again.shards) == (0, 4, [])
     assert again.model_seconds is None and "model not loaded (nothing to embed)" in again.lines()[2]

@@ -39,6 +39,7 @@ class ExtractConfig:
     prefetch: int = 4  # items each worker decodes ahead
     shard_size: int = 256  # items per HDF5 shard
     shard_seconds: float = 300.0  # also commit a shard at least this often (bounds work lost to a crash)
+    write_queue: int = 2  # full shards waiting for the writer thread; the model waits only past this many
     num_shards: int = 1  # partitions: item belongs to partition hash(key) mod num_shards
     shard_index: int = 0
     retry_failed: bool = False

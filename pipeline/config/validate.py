@@ -57,6 +57,7 @@ def validate(config: Config) -> None:
     _check(ext.prefetch >= 1, "extract.prefetch", f"must be >= 1, got {ext.prefetch}")
     _check(ext.shard_size >= 1, "extract.shard_size", f"must be >= 1, got {ext.shard_size}")
     _check(ext.shard_seconds > 0, "extract.shard_seconds", f"must be > 0, got {ext.shard_seconds}")
+    _check(ext.write_queue >= 1, "extract.write_queue", f"must be >= 1, got {ext.write_queue}")
     _check(ext.num_shards >= 1, "extract.num_shards", f"must be >= 1, got {ext.num_shards}")
     _check(0 <= ext.shard_index < ext.num_shards, "extract.shard_index",
            f"must be in [0, num_shards={ext.num_shards}), got {ext.shard_index}")
