@@ -25,7 +25,7 @@ from mvbind.stages.cache_info import cache_info, cache_verify, format_info, form
 from mvbind.stages.demo import run_demo
 from mvbind.stages.demo_data import demo_data
 from mvbind.stages.evaluate import evaluate
-from mvbind.stages.extract import extract
+from mvbind.stages.extract import extract, plan
 from mvbind.stages.index import index
 from mvbind.stages.recommend import recommend
 from mvbind.stages.serve import serve
@@ -141,9 +141,11 @@ def run_in_process(command: click.Command, argv: list[str] | None, prog_name: st
 @click.option("--shard-index", type=int, help="This job's partition i in [0, N) (extract.shard_index).")
 @click.option("--retry-failed", is_flag=True, default=None, help="Retry items that failed in earlier runs.")
 @click.option("--borders/--no-borders", default=None, help="MVBind black-border removal (video.remove_borders).")
+@click.option("--plan-only", is_flag=True, help="Hash every input once and write the source's plan into the "
+                                                "namespace (partitions for --num-shards); extract nothing.")
 @one_line_errors
 def extract_command(source, config_path, sets, cache_dir, arch, weights, device, batch_size, workers,
-                    num_shards, shard_index, retry_failed, borders):
+                    num_shards, shard_index, retry_failed, borders, plan_only):
     """Extract audio and video embeddings of SOURCE (a folder of videos or a CSV/JSONL manifest).
 
     The encoder is encoder.name in pipeline.toml: imagebind (default) or signal (hand-crafted features).
@@ -153,7 +155,7 @@ def extract_command(source, config_path, sets, cache_dir, arch, weights, device,
         "encoder.batch_size": batch_size, "extract.workers": workers, "extract.num_shards": num_shards,
         "extract.shard_index": shard_index, "extract.retry_failed": retry_failed, "video.remove_borders": borders,
     })
-    summary = extract(config, source)
+    summary = plan(config, source) if plan_only else extract(config, source)
     for line in summary.lines():
         click.echo(line)
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mvbind.cache import FeatureCache, Namespace, Row, content_key, partition_of
+from mvbind.cache.plan import Plan, read_plan, write_plan
 from mvbind.errors import open_reason
 from mvbind.pipeline.config import Config
 from mvbind.pipeline.encoders.base import (
@@ -50,6 +51,7 @@ class Work:
     reason: str = ""
     prepared: Prepared | None = None
     decode_seconds: float = 0.0
+    hashed: bool = False  # the worker read the file to hash it (no usable plan entry)
 
 
 class PrepareDataset(Dataset):
@@ -57,8 +59,9 @@ class PrepareDataset(Dataset):
 
     def __init__(self, items: list[InputItem], preparer, committed: frozenset[str],
                  num_partitions: int, partition: int, require: tuple[str, ...],
-                 failed_before: dict[str, str] | None = None):
+                 failed_before: dict[str, str] | None = None, keys: list[str | None] | None = None):
         self.items = items
+        self.keys = keys  # content keys known from a plan (None: hash the file)
         self.preparer = preparer
         # path -> content key of its recorded failure ("" if it could not be read): skipped while the
         # file is still that content; a file replaced since (new content) is tried again.
@@ -74,12 +77,20 @@ class PrepareDataset(Dataset):
     def __getitem__(self, index: int) -> Work:
         path = self.items[index].path
         t0 = time.perf_counter()
-        try:
-            key = content_key(path)
-        except OSError as err:
-            if path in self.failed_before and not self.failed_before[path]:
-                return Work(index, FAILED_BEFORE)  # still unreadable, as recorded
-            return Work(index, FAILED, reason=open_reason(err))
+        key = self.keys[index] if self.keys is not None else None
+        hashed = key is None
+        if hashed:
+            try:
+                key = content_key(path)
+            except OSError as err:
+                if path in self.failed_before and not self.failed_before[path]:
+                    return Work(index, FAILED_BEFORE, hashed=True)  # still unreadable, as recorded
+                return Work(index, FAILED, reason=open_reason(err), hashed=True)
+        work = self._prepare(index, path, key, t0)
+        work.hashed = hashed
+        return work
+
+    def _prepare(self, index: int, path: str, key: str, t0: float) -> Work:
         if self.failed_before.get(path) == key:
             return Work(index, FAILED_BEFORE, key=key)
         if partition_of(key, self.num_partitions) != self.partition:
@@ -120,6 +131,8 @@ class ExtractSummary:
     decode_wait_seconds: float = 0.0  # the main thread waiting for decoded items
     write_wait_seconds: float = 0.0  # the main thread waiting for the writer (queue full, final commits)
     model_seconds: float | None = None  # building/loading the encoder; None = not built (nothing to embed)
+    planned: int = 0  # inputs whose key came from the source's plan (no read to hash them)
+    hashed: int = 0  # inputs read to hash them in this run
     unit: str = "video"  # what an item is, for the summary ("track" for a music library)
     item_keys: dict[str, str] = field(default_factory=dict)  # input path -> content key, where it was read
 
@@ -134,6 +147,7 @@ class ExtractSummary:
             f"duplicate content {self.duplicates}, failed {len(self.failed)}"
             + (f", other partitions {self.other_partition}" if self.other_partition else "")
             + (f", skipped earlier failures {self.skipped_failed} (--retry-failed)" if self.skipped_failed else ""),
+            f"keys: {self.planned} from the plan, {self.hashed} hashed in this run",
             f"time {self.seconds:.1f}s ({self.videos_per_second:.2f} {self.unit}s/s); "
             f"main thread: decode wait {self.decode_wait_seconds:.1f}s, forward {self.infer_seconds:.1f}s, "
             f"write wait {self.write_wait_seconds:.1f}s; decode {self.decode_seconds:.1f}s (worker total), "
@@ -204,13 +218,16 @@ def run_extraction(
         ns.clean_temp_files(partition=ext.shard_index, num_partitions=ext.num_shards)
         committed = frozenset(ns.committed_keys())
         failures = {f.path: f.key for f in ns.failures()}  # path -> content key of its recorded failure
-        todo = items
+        failed_before = {} if ext.retry_failed else failures
+        plan = read_plan(ns.root, plan_source(source, items))
+        todo, keys = (items, None) if plan is None else _apply_plan(plan, items, committed, failed_before, ext,
+                                                                    summary)
         if not todo:
             summary.seconds = time.perf_counter() - t_start
             return summary
         preparer = make_preparer(config) if windows is None else make_window_preparer(config, windows)
         dataset = PrepareDataset(todo, preparer, committed, ext.num_shards, ext.shard_index, require,
-                                 failed_before=None if ext.retry_failed else failures)
+                                 failed_before=failed_before, keys=keys)
         loader = DataLoader(
             dataset,
             batch_size=None,
@@ -247,6 +264,65 @@ def run_extraction(
     return summary
 
 
+def plan_source(source: str | Path | list[InputItem], items: list[InputItem]) -> str | Path | list[str]:
+    """What identifies the input source of a plan: the folder or manifest, or the listed paths."""
+    return [it.path for it in items] if isinstance(source, list) else source
+
+
+def write_source_plan(config: Config, source: str | Path | list[InputItem], *,
+                      extensions: tuple[str, ...] = VIDEO_EXTENSIONS, progress: bool = True) -> PlanSummary:
+    """Hash every input of `source` once and write its plan into the namespace of `config`'s settings,
+    with partitions for extract.num_shards; partition jobs then read their items from it."""
+    t0 = time.perf_counter()
+    items = list(source) if isinstance(source, list) else list_inputs(source, extensions)
+    ns = FeatureCache(config.cache_dir).create(extractor_settings(config, download=True, progress=progress))
+    n = config.extract.num_shards
+    plan = write_plan(ns.root, plan_source(source, items), [it.path for it in items], n,
+                      threads=max(1, config.extract.workers))
+    return PlanSummary(str(plan.path), len(items), len(plan.errors), plan.partition_counts(n),
+                       time.perf_counter() - t0)
+
+
+@dataclass
+class PlanSummary:
+    path: str
+    inputs: int
+    unreadable: int
+    per_partition: list[int]  # unique keys per partition
+    seconds: float
+
+    def lines(self) -> list[str]:
+        return [f"plan {self.path}: {self.inputs} inputs hashed once in {self.seconds:.1f}s"
+                + (f", {self.unreadable} unreadable (extract records them)" if self.unreadable else ""),
+                f"items per partition ({len(self.per_partition)}): "
+                + " ".join(str(c) for c in self.per_partition)]
+
+
+def _apply_plan(plan: Plan, items: list[InputItem], committed: frozenset[str], failed_before: dict[str, str],
+                ext, summary: ExtractSummary) -> tuple[list[InputItem], list[str | None]]:
+    """Settle every planned input that is not this partition's work without opening it (another
+    partition's, cached, failed before); returns the rest, with their planned keys (None: hash it)."""
+    todo: list[InputItem] = []
+    keys: list[str | None] = []
+    for item in items:
+        key = plan.key_for(item.path)
+        if key is not None:
+            summary.planned += 1
+            summary.item_keys[item.path] = key
+            if partition_of(key, ext.num_shards) != ext.shard_index:
+                summary.other_partition += 1
+                continue
+            if failed_before.get(item.path) == key:
+                summary.skipped_failed += 1
+                continue
+            if key in committed:
+                summary.reused += 1
+                continue
+        todo.append(item)
+        keys.append(key)
+    return todo, keys
+
+
 def _consume(stream, todo: list[InputItem], embedder: _LazyEmbedder, buffer: ShardBuffer, summary: ExtractSummary,
              failures: dict[str, str], batch_size: int, bar: tqdm) -> None:
     """The main thread's loop: take decoded items as workers finish them, embed in batches, queue shards."""
@@ -260,6 +336,7 @@ def _consume(stream, todo: list[InputItem], embedder: _LazyEmbedder, buffer: Sha
             break
         bar.update(1)
         item = todo[work.index]
+        summary.hashed += work.hashed
         if work.key:
             summary.item_keys[item.path] = work.key
         if work.status == FAILED_BEFORE:

@@ -75,11 +75,12 @@ def test_rerun_renamed_copy_and_settings_change(videos, tmp_path):
     shards = ns.shard_paths()
     assert first.extracted == 4
 
-    assert first.model_seconds is not None and "model load" in first.lines()[2]
-    assert "decode wait" in first.lines()[2] and "(writer thread); 1 shard(s) committed" in first.lines()[2]
+    assert first.model_seconds is not None and "model load" in "\n".join(first.lines())
+    text = "\n".join(first.lines())
+    assert "decode wait" in text and "(writer thread); 1 shard(s) committed" in text
     again = extract(config, videos, progress=False)  # nothing decoded, nothing written, no model built
     assert (again.extracted, again.reused, again.shards) == (0, 4, [])
-    assert again.model_seconds is None and "model not loaded (nothing to embed)" in again.lines()[2]
+    assert again.model_seconds is None and "model not loaded (nothing to embed)" in "\n".join(again.lines())
     assert ns.shard_paths() == shards
 
     copies = tmp_path / "copies"
@@ -314,6 +315,8 @@ def test_cli_extract_and_cache_info(videos, tmp_path):
     result = runner.invoke(cli, ["extract", str(videos), *args])
     assert result.exit_code == 0, result.output
     assert "extracted 4, reused from cache 0" in result.output
+    planned = runner.invoke(cli, ["extract", str(videos), *args, "--plan-only", "--num-shards", "2"])
+    assert planned.exit_code == 0 and "4 inputs hashed once" in planned.output, planned.output
     info = runner.invoke(cli, ["cache", "info", "--cache-dir", str(tmp_path / "c")])
     assert info.exit_code == 0, info.output
     assert "imagebind/tiny weights=random-init seed 0" in info.output and "items=4" in info.output
@@ -321,3 +324,48 @@ def test_cli_extract_and_cache_info(videos, tmp_path):
     assert bad.exit_code == 2 and "no such folder or manifest" in bad.output
     bad = runner.invoke(cli, ["extract", str(videos), *args, "--set", "extract.shard_size=0"])
     assert bad.exit_code == 2 and "setting extract.shard_size: must be >= 1, got 0" in bad.output
+
+
+def sorted_features(cache_dir, config):
+    feats = FeatureCache(cache_dir).get(extractor_settings(config)).load()
+    order = np.argsort(feats.keys.astype(str))
+    return feats.keys[order].tolist(), feats.audio[order].astype(np.float32), feats.video[order].astype(np.float32)
+
+
+def test_plan_hashes_each_input_once_and_partition_jobs_take_their_items_from_it(videos, tmp_path):
+    from mvbind.stages.extract import plan
+
+    folder = tmp_path / "v"
+    shutil.copytree(videos, folder)
+    (folder / "broken.mp4").write_bytes(b"not a video" * 50)
+    part = {"extract.num_shards": 2}
+    planned = plan(tiny_config(tmp_path / "cache", **part), folder, progress=False)
+    assert planned.inputs == 5 and sum(planned.per_partition) == 5 and planned.unreadable == 0
+    assert Path(planned.path).parent.name == "plans" and Path(planned.path).exists()
+
+    def jobs(**more):
+        return [extract(tiny_config(tmp_path / "cache", **part, **{"extract.shard_index": i}, **more), folder,
+                        progress=False) for i in range(2)]
+
+    first = jobs()
+    assert [j.hashed for j in first] == [0, 0] and [j.planned for j in first] == [5, 5]  # nobody read to hash
+    assert sum(j.extracted for j in first) == 4 and sum(len(j.failed) for j in first) == 1
+    assert sum(j.other_partition for j in first) == 5
+    # The same cache as one job without a plan (which reads every file to hash it).
+    alone = extract(tiny_config(tmp_path / "alone"), folder, progress=False)
+    assert alone.hashed == 5 and alone.planned == 0
+    keys_a, audio_a, video_a = sorted_features(tmp_path / "cache", tiny_config(tmp_path / "cache"))
+    keys_b, audio_b, video_b = sorted_features(tmp_path / "alone", tiny_config(tmp_path / "alone"))
+    assert keys_a == keys_b
+    np.testing.assert_allclose(audio_a, audio_b, atol=2e-2)
+    np.testing.assert_allclose(video_a, video_b, atol=2e-3)
+
+    # Resume from the plan: cached and failed items are settled without opening them; a file replaced
+    # since the plan (new size/mtime) is hashed again by the jobs; --retry-failed retries from the plan.
+    make_video(folder / "a.mp4", duration=2.0, freq=1234)
+    again = jobs()
+    assert sum(j.hashed for j in again) == 2 and sum(j.extracted for j in again) == 1
+    assert sum(j.skipped_failed for j in again) == 1 and sum(j.reused for j in again) == 3
+    retry = jobs(**{"extract.retry_failed": "true"})
+    assert sum(len(j.failed) for j in retry) == 1 and sum(j.extracted for j in retry) == 0
+    assert "keys: 4 from the plan, 1 hashed in this run" in retry[0].lines()[2]
