@@ -21,7 +21,7 @@ from mvbind.errors import MvbindError, errno_of
 from mvbind.pipeline.binding.report import markdown_table
 from mvbind.pipeline.config import Config, load_config
 from mvbind.pipeline.console import say
-from mvbind.stages.cache_info import cache_info, cache_verify, format_info, format_verify
+from mvbind.stages.cache_info import cache_info, cache_status, cache_verify, format_info, format_status, format_verify
 from mvbind.stages.demo import run_demo
 from mvbind.stages.demo_data import demo_data
 from mvbind.stages.evaluate import evaluate
@@ -182,6 +182,24 @@ def verify_command(prefix, config_path, sets, cache_dir, as_json):
             click.echo(line)
     if any(r["damaged"] for r in reports):
         sys.exit(1)
+
+
+@cache_group.command("status")
+@click.argument("prefix", required=False)
+@config_options
+@click.option("--cache-dir", help="Feature cache directory (paths.cache).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+@one_line_errors
+def status_command(prefix, config_path, sets, cache_dir, as_json):
+    """Where extraction stands (also while jobs run): done / failed / remaining from the plan, each
+    partition job's progress, rate and ETA."""
+    config = resolve_config(config_path, sets, {"paths.cache": cache_dir})
+    reports = cache_status(config.cache_dir, prefix)
+    if as_json:
+        click.echo(json.dumps(reports, indent=2))
+    else:
+        for line in format_status(reports, config.cache_dir):
+            click.echo(line)
 
 
 @cache_group.command("info")

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from mvbind.cache import FeatureCache, Namespace, Row, content_key, partition_of
 from mvbind.cache.plan import Plan, read_plan, write_plan
+from mvbind.cache.progress import ProgressFile
 from mvbind.errors import open_reason
 from mvbind.pipeline.config import Config
 from mvbind.pipeline.encoders.base import (
@@ -222,7 +223,10 @@ def run_extraction(
         plan = read_plan(ns.root, plan_source(source, items))
         todo, keys = (items, None) if plan is None else _apply_plan(plan, items, committed, failed_before, ext,
                                                                     summary)
+        progress_file = ProgressFile(ns.root, ext.shard_index, ext.num_shards)
+        progress_file.update(force=True, todo=len(todo), **_counts(summary))
         if not todo:
+            progress_file.update(force=True, finished=True)
             summary.seconds = time.perf_counter() - t_start
             return summary
         preparer = make_preparer(config) if windows is None else make_window_preparer(config, windows)
@@ -245,12 +249,14 @@ def run_extraction(
         # in this process, and they keep decoding while the weights load on the first item to embed.
         stream = iter(loader)
         embedder = _LazyEmbedder(config, progress, summary)
-        writer = ShardWriter(ns, partition=ext.shard_index, num_partitions=ext.num_shards, depth=ext.write_queue)
+        writer = ShardWriter(ns, partition=ext.shard_index, num_partitions=ext.num_shards, depth=ext.write_queue,
+                             on_commit=lambda _name, n: progress_file.update(force=True, add_committed=n,
+                                                                             **_counts(summary)))
         buffer = ShardBuffer(ns, config, writer)
         bar = tqdm(total=len(todo), unit=summary.unit, desc="extract" if windows is None else "index",
                    disable=not progress, dynamic_ncols=True)
         try:
-            _consume(stream, todo, embedder, buffer, summary, failures, config.encoder.batch_size, bar)
+            _consume(stream, todo, embedder, buffer, summary, failures, config.encoder.batch_size, bar, progress_file)
         except BaseException:
             with contextlib.suppress(BaseException):  # the run's own error is the one to report
                 writer.close()
@@ -260,6 +266,7 @@ def run_extraction(
         writer.close()
         summary.shards, summary.write_seconds = writer.shards, writer.write_seconds
         summary.write_wait_seconds = writer.wait_seconds
+        progress_file.update(force=True, finished=True, **_counts(summary))
     summary.seconds = time.perf_counter() - t_start
     return summary
 
@@ -324,7 +331,7 @@ def _apply_plan(plan: Plan, items: list[InputItem], committed: frozenset[str], f
 
 
 def _consume(stream, todo: list[InputItem], embedder: _LazyEmbedder, buffer: ShardBuffer, summary: ExtractSummary,
-             failures: dict[str, str], batch_size: int, bar: tqdm) -> None:
+             failures: dict[str, str], batch_size: int, bar: tqdm, progress_file: ProgressFile) -> None:
     """The main thread's loop: take decoded items as workers finish them, embed in batches, queue shards."""
     seen: set[str] = set()
     batch: list[Work] = []
@@ -359,9 +366,15 @@ def _consume(stream, todo: list[InputItem], embedder: _LazyEmbedder, buffer: Sha
                 batch = []
         bar.set_postfix(ok=summary.extracted + len(batch), cached=summary.reused, failed=len(summary.failed),
                         refresh=False)
+        progress_file.update(**_counts(summary))  # at most every few seconds
     if batch:
         _embed_batch(embedder, batch, todo, buffer, summary, failures)
     buffer.commit()
+
+
+def _counts(summary: ExtractSummary) -> dict[str, int]:
+    """The summary's counts that a partition's progress file carries."""
+    return {"failed": len(summary.failed), "reused": summary.reused, "other_partition": summary.other_partition}
 
 
 def _identity(x):

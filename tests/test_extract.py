@@ -369,3 +369,55 @@ def test_plan_hashes_each_input_once_and_partition_jobs_take_their_items_from_it
     retry = jobs(**{"extract.retry_failed": "true"})
     assert sum(len(j.failed) for j in retry) == 1 and sum(j.extracted for j in retry) == 0
     assert "keys: 4 from the plan, 1 hashed in this run" in retry[0].lines()[2]
+
+
+def test_cache_status_reads_progress_while_a_job_runs(many_videos, tmp_path):
+    # A real extract process that commits the first half of its list one shard at a time, then blocks on a
+    # named pipe that nobody writes (planned before the pipe existed, so the job hashes the pipe itself).
+    from mvbind.cli import cli
+    from mvbind.stages.cache_info import cache_status
+    from mvbind.stages.extract import plan
+
+    videos = sorted(many_videos.glob("*.mp4"))
+    half = len(videos) // 2
+    manifest = tmp_path / "videos.csv"
+    cache = tmp_path / "cache"
+
+    def write_manifest(paths):
+        with open(manifest, "w", newline="") as f:
+            csv.writer(f).writerows([["path"], *([str(p)] for p in paths)])
+
+    write_manifest(videos)
+    config = tiny_config(cache)
+    assert plan(config, manifest, progress=False).inputs == len(videos)
+    stalled = tmp_path / "stalled.mp4"
+    os.mkfifo(stalled)
+    write_manifest([*videos[:half], stalled, *videos[half:]])
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "extract", str(manifest), "--cache-dir", str(cache), "--arch", "tiny",
+         "--weights", "random", "--workers", "0", "--batch-size", "1", "--set", "extract.shard_size=1"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(committed_shards(cache)) < half and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None and len(committed_shards(cache)) == half
+        time.sleep(0.3)  # the progress file is written right after each commit
+        [report] = cache_status(cache)
+        assert (report["planned"], report["done"], report["failed"], report["remaining"]) == (8, half, 0, 8 - half)
+        [part] = report["partitions"]
+        assert not part["finished"] and part["committed"] == half and part["todo"] == len(videos) + 1
+        assert part["pid"] == proc.pid and report["rate"] > 0 and report["eta_seconds"] > 0
+        out = CliRunner().invoke(cli, ["cache", "status", "--cache-dir", str(cache)])
+        assert out.exit_code == 0 and f"done {half} (50.0 %), failed 0, remaining {8 - half}" in out.output
+        assert "1 partition job(s) running" in out.output and "running, committed 4 of 9 to do" in out.output
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    stalled.unlink()
+    write_manifest(videos)
+    finished = extract(config, manifest, progress=False)  # resumes from the plan, then says it finished
+    assert finished.reused == half and finished.extracted == 8 - half and finished.hashed == 0
+    [report] = cache_status(cache)
+    assert (report["done"], report["remaining"]) == (8, 0) and report["partitions"][0]["finished"]
