@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import time
 import uuid
 from collections.abc import Sequence
@@ -84,6 +85,8 @@ def plan_file(ns_root: Path, sid: str) -> Path:
 def _hash_one(path: str) -> dict:
     try:
         st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # a pipe or device could block the plan for good: the job tries it
+            return {"error": "not a regular file"}
         key = content_key(path)
     except OSError as err:
         return {"error": f"{err.strerror or type(err).__name__}"}

@@ -141,11 +141,15 @@ def run_in_process(command: click.Command, argv: list[str] | None, prog_name: st
 @click.option("--shard-index", type=int, help="This job's partition i in [0, N) (extract.shard_index).")
 @click.option("--retry-failed", is_flag=True, default=None, help="Retry items that failed in earlier runs.")
 @click.option("--borders/--no-borders", default=None, help="MVBind black-border removal (video.remove_borders).")
+@click.option("--engine", type=click.Choice(["local", "gpus", "ray"]), default=None,
+              help="Where partitions run (extract.engine): this process, one process per device, or Ray tasks.")
+@click.option("--devices", help='Engine gpus: devices, e.g. "cuda:0,cuda:1" or "cpu,cpu" (extract.devices).')
+@click.option("--item-timeout", type=float, help="Seconds one input may take; past it, failed (extract.item_timeout).")
 @click.option("--plan-only", is_flag=True, help="Hash every input once and write the source's plan into the "
                                                 "namespace (partitions for --num-shards); extract nothing.")
 @one_line_errors
 def extract_command(source, config_path, sets, cache_dir, arch, weights, device, batch_size, workers,
-                    num_shards, shard_index, retry_failed, borders, plan_only):
+                    num_shards, shard_index, retry_failed, borders, engine, devices, item_timeout, plan_only):
     """Extract audio and video embeddings of SOURCE (a folder of videos or a CSV/JSONL manifest).
 
     The encoder is encoder.name in pipeline.toml: imagebind (default) or signal (hand-crafted features).
@@ -154,6 +158,7 @@ def extract_command(source, config_path, sets, cache_dir, arch, weights, device,
         "paths.cache": cache_dir, "encoder.arch": arch, "encoder.weights": weights, "encoder.device": device,
         "encoder.batch_size": batch_size, "extract.workers": workers, "extract.num_shards": num_shards,
         "extract.shard_index": shard_index, "extract.retry_failed": retry_failed, "video.remove_borders": borders,
+        "extract.engine": engine, "extract.devices": devices, "extract.item_timeout": item_timeout,
     })
     summary = plan(config, source) if plan_only else extract(config, source)
     for line in summary.lines():

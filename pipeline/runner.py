@@ -14,6 +14,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +62,10 @@ class PrepareDataset(Dataset):
 
     def __init__(self, items: list[InputItem], preparer, committed: frozenset[str],
                  num_partitions: int, partition: int, require: tuple[str, ...],
-                 failed_before: dict[str, str] | None = None, keys: list[str | None] | None = None):
+                 failed_before: dict[str, str] | None = None, keys: list[str | None] | None = None,
+                 timeout: float = 0.0):
         self.items = items
+        self.timeout = timeout  # seconds per item (0 = none): a hung read or decode becomes a failure
         self.keys = keys  # content keys known from a plan (None: hash the file)
         self.preparer = preparer
         # path -> content key of its recorded failure ("" if it could not be read): skipped while the
@@ -76,6 +80,21 @@ class PrepareDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> Work:
+        if self.timeout <= 0 or threading.current_thread() is not threading.main_thread():
+            return self._work(index)
+        # SIGALRM interrupts even a blocked read (a file on a hung mount); its handler raises ItemTimeout,
+        # a BaseException, so the preparer's `except Exception` can't swallow it.
+        previous = signal.signal(signal.SIGALRM, _raise_timeout)
+        signal.setitimer(signal.ITIMER_REAL, self.timeout)
+        try:
+            return self._work(index)
+        except ItemTimeout:
+            return Work(index, FAILED, reason=f"timed out after {self.timeout:g}s (extract.item_timeout)")
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    def _work(self, index: int) -> Work:
         path = self.items[index].path
         t0 = time.perf_counter()
         key = self.keys[index] if self.keys is not None else None
@@ -110,6 +129,14 @@ class PrepareDataset(Dataset):
             why = prepared.reason("video") if "video" in prepared.missing else next(iter(prepared.missing.values()), "")
             return Work(index, FAILED, key=key, reason=why or "no usable stream")
         return Work(index, OK, key=key, prepared=prepared, decode_seconds=time.perf_counter() - t0)
+
+
+class ItemTimeout(BaseException):
+    """One input took longer than extract.item_timeout."""
+
+
+def _raise_timeout(signum, frame) -> None:
+    raise ItemTimeout
 
 
 @dataclass
@@ -231,7 +258,7 @@ def run_extraction(
             return summary
         preparer = make_preparer(config) if windows is None else make_window_preparer(config, windows)
         dataset = PrepareDataset(todo, preparer, committed, ext.num_shards, ext.shard_index, require,
-                                 failed_before=failed_before, keys=keys)
+                                 failed_before=failed_before, keys=keys, timeout=ext.item_timeout)
         loader = DataLoader(
             dataset,
             batch_size=None,

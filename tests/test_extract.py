@@ -421,3 +421,15 @@ def test_cache_status_reads_progress_while_a_job_runs(many_videos, tmp_path):
     assert finished.reused == half and finished.extracted == 8 - half and finished.hashed == 0
     [report] = cache_status(cache)
     assert (report["done"], report["remaining"]) == (8, 0) and report["partitions"][0]["finished"]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_item_timeout_records_a_hung_input_as_failed_and_the_run_goes_on(videos, tmp_path, workers):
+    folder = tmp_path / "v"
+    shutil.copytree(videos, folder)
+    os.mkfifo(folder / "hung.mp4")  # nobody writes it: reading it blocks for good (a file on a hung mount)
+    config = tiny_config(tmp_path / "cache", **{"extract.item_timeout": "1.5", "extract.workers": workers})
+    summary = extract(config, folder, progress=False)
+    assert summary.extracted == 4
+    why = "timed out after 1.5s (extract.item_timeout)"
+    assert [(Path(p).name, r) for p, r in summary.failed] == [("hung.mp4", why)]
