@@ -37,7 +37,7 @@ def run_jobs(folder: Path, cache: Path, partitions: int, with_plan: bool) -> dic
                                       "extract.shard_index": i})
 
     read0, t0 = rchar(), time.perf_counter()
-    hashed = plan(config(), folder, progress=False).inputs if with_plan else 0
+    hashed = plan(config(), folder, progress=False).hashed if with_plan else 0
     extracted = 0
     for i in range(partitions):
         s = extract(config(i), folder, progress=False)

@@ -49,6 +49,7 @@ class Plan:
     created: float
     entries: dict[str, PlanEntry] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    hashed: int = 0  # files read to write this plan (the rest came unchanged from the previous plan)
 
     def key_for(self, path: str) -> str | None:
         """The planned key of `path` if the file is unchanged since the plan (size and mtime), else None."""
@@ -95,11 +96,22 @@ def _hash_one(path: str) -> dict:
 
 def write_plan(ns_root: Path, source: str | Path | Sequence[str], paths: Sequence[str], num_partitions: int,
                *, threads: int = 2) -> Plan:
-    """Hash every path once (in `threads` threads: hashlib releases the GIL) and write the source's plan."""
+    """Write the source's plan: every path hashed (in `threads` threads: hashlib releases the GIL), except
+    those the source's previous plan already has unchanged (same size and mtime), so planning again after
+    new files arrived reads only the new ones."""
     sid, label = source_id(source)
+    previous = load_plan(plan_file(ns_root, sid))
+    known: dict[str, dict] = {}
+    for path in paths:
+        key = previous.key_for(path) if previous is not None else None
+        if key is not None:
+            entry = previous.entries[path]
+            known[path] = {"key": key, "size": entry.size, "mtime_ns": entry.mtime_ns}
+    todo = [p for p in paths if p not in known]
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        results = list(pool.map(_hash_one, paths))
-    plan = Plan(plan_file(ns_root, sid), label, num_partitions, time.time())
+        fresh = dict(zip(todo, pool.map(_hash_one, todo)))
+    results = [known.get(p) or fresh[p] for p in paths]
+    plan = Plan(plan_file(ns_root, sid), label, num_partitions, time.time(), hashed=len(fresh))
     lines = [json.dumps({"plan": PLAN_SCHEMA, "source": label, "items": len(paths),
                          "num_partitions": num_partitions, "created": round(plan.created, 3)})]
     for path, res in zip(paths, results):

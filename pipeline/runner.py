@@ -313,7 +313,7 @@ def write_source_plan(config: Config, source: str | Path | list[InputItem], *,
     n = config.extract.num_shards
     plan = write_plan(ns.root, plan_source(source, items), [it.path for it in items], n,
                       threads=max(1, config.extract.workers))
-    return PlanSummary(str(plan.path), len(items), len(plan.errors), plan.partition_counts(n),
+    return PlanSummary(str(plan.path), len(items), plan.hashed, len(plan.errors), plan.partition_counts(n),
                        time.perf_counter() - t0)
 
 
@@ -321,12 +321,14 @@ def write_source_plan(config: Config, source: str | Path | list[InputItem], *,
 class PlanSummary:
     path: str
     inputs: int
+    hashed: int  # read to hash them now (the others were in the previous plan, unchanged)
     unreadable: int
     per_partition: list[int]  # unique keys per partition
     seconds: float
 
     def lines(self) -> list[str]:
-        return [f"plan {self.path}: {self.inputs} inputs hashed once in {self.seconds:.1f}s"
+        return [f"plan {self.path}: {self.inputs} inputs, {self.hashed} hashed in {self.seconds:.1f}s "
+                f"(the others unchanged since the last plan)"
                 + (f", {self.unreadable} unreadable (extract records them)" if self.unreadable else ""),
                 f"items per partition ({len(self.per_partition)}): "
                 + " ".join(str(c) for c in self.per_partition)]

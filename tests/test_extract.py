@@ -316,7 +316,7 @@ def test_cli_extract_and_cache_info(videos, tmp_path):
     assert result.exit_code == 0, result.output
     assert "extracted 4, reused from cache 0" in result.output
     planned = runner.invoke(cli, ["extract", str(videos), *args, "--plan-only", "--num-shards", "2"])
-    assert planned.exit_code == 0 and "4 inputs hashed once" in planned.output, planned.output
+    assert planned.exit_code == 0 and "4 inputs, 4 hashed" in planned.output, planned.output
     info = runner.invoke(cli, ["cache", "info", "--cache-dir", str(tmp_path / "c")])
     assert info.exit_code == 0, info.output
     assert "imagebind/tiny weights=random-init seed 0" in info.output and "items=4" in info.output
@@ -369,6 +369,9 @@ def test_plan_hashes_each_input_once_and_partition_jobs_take_their_items_from_it
     retry = jobs(**{"extract.retry_failed": "true"})
     assert sum(len(j.failed) for j in retry) == 1 and sum(j.extracted for j in retry) == 0
     assert "keys: 4 from the plan, 1 hashed in this run" in retry[0].lines()[2]
+    replanned = plan(tiny_config(tmp_path / "cache", **part), folder, progress=False)  # reads only what changed
+    assert (replanned.inputs, replanned.hashed) == (5, 1)
+    assert [j.hashed for j in jobs()] == [0, 0]
 
 
 def test_cache_status_reads_progress_while_a_job_runs(many_videos, tmp_path):
