@@ -4,6 +4,7 @@ failures, bytes), whether every byte reads back, and where running extract jobs 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from mvbind.cache import FeatureCache
@@ -107,7 +108,8 @@ def _status(ns) -> dict:
         elapsed = max(part["updated"] - part["started"], 1e-9)
         part["rate"] = part["committed"] / elapsed
         part["age"] = now - part["updated"]
-    running = [p for p in parts if not p["finished"]]
+        part["state"] = "finished" if part["finished"] else _liveness(part)
+    running = [p for p in parts if p["state"] == "running"]
     rate = sum(p["rate"] for p in running)
     remaining = len(planned) - done - failed if plans else None
     return {
@@ -131,7 +133,7 @@ def format_status(reports: list[dict], cache_dir) -> list[str]:
                      f"remaining {r['remaining']}")
         else:
             head += "; no plan (run `mvbind extract SOURCE --plan-only` for done/remaining)"
-        running = sum(not p["finished"] for p in r["partitions"])
+        running = sum(p["state"] == "running" for p in r["partitions"])
         head += f"; {running} partition job(s) running"
         if running:
             head += f", {r['rate']:.2f} items/s"
@@ -139,11 +141,25 @@ def format_status(reports: list[dict], cache_dir) -> list[str]:
                 head += f", ETA {_duration(r['eta_seconds'])}"
         lines.append(head)
         for p in r["partitions"]:
-            state = "finished" if p["finished"] else "running"
-            lines.append(f"    partition {p['partition']}/{p['num_partitions']} ({p['host']} pid {p['pid']}): {state}, "
+            who = f"{p['partition']}/{p['num_partitions']} ({p['host']} pid {p['pid']})"
+            lines.append(f"    partition {who}: {p['state']}, "
                          f"committed {p['committed']} of {p['todo']} to do, failed {p['failed']}, "
                          f"reused {p['reused']}, {p['rate']:.2f} items/s, updated {_duration(p['age'])} ago")
     return lines
+
+
+def _liveness(part: dict) -> str:
+    """"running", or "stopped" when its process is gone (checked on this host only; elsewhere the last
+    update's age tells)."""
+    if part["host"] != os.uname().nodename:
+        return "running"
+    try:
+        os.kill(part["pid"], 0)
+    except ProcessLookupError:
+        return "stopped (rerun to resume)"
+    except PermissionError:
+        pass
+    return "running"
 
 
 def _duration(seconds: float) -> str:

@@ -418,6 +418,8 @@ def test_cache_status_reads_progress_while_a_job_runs(many_videos, tmp_path):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    [stopped] = cache_status(cache)[0]["partitions"]
+    assert stopped["state"] == "stopped (rerun to resume)" and stopped["committed"] == half
     stalled.unlink()
     write_manifest(videos)
     finished = extract(config, manifest, progress=False)  # resumes from the plan, then says it finished
