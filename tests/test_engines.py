@@ -111,3 +111,38 @@ def test_ray_engine_records_a_hung_item_as_failed(ray_cluster, videos, tmp_path)
     summary = extract(config, folder, progress=False)
     failed = {Path(p).name: r for p, r in summary.failed}
     assert summary.extracted == 7 and failed["hung.mp4"] == "timed out after 2s (extract.item_timeout)"
+
+
+def test_ray_engine_retries_a_partition_whose_process_died(ray_cluster, videos, local_cache, tmp_path):
+    # The partition's task blocks on a named pipe (first in the listing), is killed with SIGKILL, and Ray
+    # runs it again (extract.max_retries): the retry finds a regular file there and finishes the partition.
+    import json
+    import signal
+    import threading
+    import time
+
+    folder = tmp_path / "v"
+    shutil.copytree(videos, folder)
+    hung = folder / "a_hung.mp4"
+    os.mkfifo(hung)
+    cache = tmp_path / "cache"
+    config = signal_config(cache, **{"extract.engine": "ray", "extract.max_retries": "2"})
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(summary=extract(config, folder, progress=False)))
+    runner.start()
+    progress = list(cache.glob("*/progress/partition-0-of-1.json"))
+    deadline = time.monotonic() + 120
+    while not progress and time.monotonic() < deadline:
+        time.sleep(0.1)
+        progress = list(cache.glob("*/progress/partition-0-of-1.json"))
+    assert progress, "the partition task did not start within 120 s"
+    killed = json.loads(progress[0].read_text())["pid"]
+    time.sleep(1.0)  # it is blocked opening the pipe
+    hung.unlink()
+    shutil.copy(videos / "v0.mp4", hung)  # a copy: same content key as v0.mp4
+    os.kill(killed, signal.SIGKILL)
+    runner.join(timeout=300)
+    assert not runner.is_alive() and "summary" in result
+    summary = result["summary"]
+    assert summary.extracted + summary.duplicates == 8 and json.loads(progress[0].read_text())["pid"] != killed
+    assert_same_cache(cache_contents(cache), local_cache)
