@@ -170,59 +170,51 @@ def cache_group() -> None:
     """Inspect the feature cache."""
 
 
+def cache_options(func: Callable) -> Callable:
+    """The options every `cache` sub-command takes: a fingerprint PREFIX, --config/--set, --cache-dir, --json."""
+    func = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")(func)
+    func = click.option("--cache-dir", help="Feature cache directory (paths.cache).")(func)
+    return click.argument("prefix", required=False)(config_options(func))
+
+
+def echo_reports(reports: list[dict], lines: list[str], as_json: bool) -> None:
+    """A cache sub-command's answer: JSON, or its formatted lines."""
+    for line in [json.dumps(reports, indent=2)] if as_json else lines:
+        click.echo(line)
+
+
 @cache_group.command("verify")
-@click.argument("prefix", required=False)
-@config_options
-@click.option("--cache-dir", help="Feature cache directory (paths.cache).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+@cache_options
 @one_line_errors
 def verify_command(prefix, config_path, sets, cache_dir, as_json):
     """Read every shard in full: damaged shards (checksums), duplicate keys, true item counts; exit 1 on damage."""
     config = resolve_config(config_path, sets, {"paths.cache": cache_dir})
     reports = cache_verify(config.cache_dir, prefix)
-    if as_json:
-        click.echo(json.dumps(reports, indent=2))
-    else:
-        for line in format_verify(reports) or [f"{config.cache_dir}: no namespaces"]:
-            click.echo(line)
+    echo_reports(reports, format_verify(reports) or [f"{config.cache_dir}: no namespaces"], as_json)
     if any(r["damaged"] for r in reports):
         sys.exit(1)
 
 
 @cache_group.command("status")
-@click.argument("prefix", required=False)
-@config_options
-@click.option("--cache-dir", help="Feature cache directory (paths.cache).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+@cache_options
 @one_line_errors
 def status_command(prefix, config_path, sets, cache_dir, as_json):
     """Where extraction stands (also while jobs run): done / failed / remaining from the plan, each
     partition job's progress, rate and ETA."""
     config = resolve_config(config_path, sets, {"paths.cache": cache_dir})
     reports = cache_status(config.cache_dir, prefix)
-    if as_json:
-        click.echo(json.dumps(reports, indent=2))
-    else:
-        for line in format_status(reports, config.cache_dir):
-            click.echo(line)
+    echo_reports(reports, format_status(reports, config.cache_dir), as_json)
 
 
 @cache_group.command("info")
-@click.argument("prefix", required=False)
-@config_options
-@click.option("--cache-dir", help="Feature cache directory (paths.cache).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@cache_options
 @click.option("-v", "--verbose", is_flag=True, help="Show every resolved setting.")
 @one_line_errors
 def info_command(prefix, config_path, sets, cache_dir, as_json, verbose):
     """Namespaces in the cache (optionally only the one matching fingerprint PREFIX)."""
     config = resolve_config(config_path, sets, {"paths.cache": cache_dir})
     infos = cache_info(config.cache_dir, prefix)
-    if as_json:
-        click.echo(json.dumps(infos, indent=2))
-    else:
-        for line in format_info(infos, config.cache_dir, verbose):
-            click.echo(line)
+    echo_reports(infos, format_info(infos, config.cache_dir, verbose), as_json)
 
 
 @click.command()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mvbind.cache import FeatureCache
 from mvbind.errors import MvbindError
@@ -78,7 +79,7 @@ def test_gpus_engine_splits_this_machines_partition_and_refuses_without_devices(
                     progress=False)
     assert mine.extracted == alone.extracted and mine.other_partition == alone.other_partition
     assert cache_contents(tmp_path / "cache")[0] == cache_contents(tmp_path / "alone")[0]
-    if not __import__("torch").cuda.is_available():
+    if not torch.cuda.is_available():
         with pytest.raises(MvbindError, match="setting extract.devices: no GPU is visible for engine gpus"):
             extract(signal_config(tmp_path / "c2", **{"extract.engine": "gpus"}), videos, progress=False)
 
