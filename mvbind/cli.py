@@ -21,11 +21,11 @@ from mvbind.errors import MvbindError, errno_of
 from mvbind.pipeline.binding.report import markdown_table
 from mvbind.pipeline.config import Config, load_config
 from mvbind.pipeline.console import say
-from mvbind.stages.cache_info import cache_info, cache_verify, format_info, format_verify
+from mvbind.stages.cache_info import cache_info, cache_status, cache_verify, format_info, format_status, format_verify
 from mvbind.stages.demo import run_demo
 from mvbind.stages.demo_data import demo_data
 from mvbind.stages.evaluate import evaluate
-from mvbind.stages.extract import extract
+from mvbind.stages.extract import extract, plan
 from mvbind.stages.index import index
 from mvbind.stages.recommend import recommend
 from mvbind.stages.serve import serve
@@ -141,9 +141,15 @@ def run_in_process(command: click.Command, argv: list[str] | None, prog_name: st
 @click.option("--shard-index", type=int, help="This job's partition i in [0, N) (extract.shard_index).")
 @click.option("--retry-failed", is_flag=True, default=None, help="Retry items that failed in earlier runs.")
 @click.option("--borders/--no-borders", default=None, help="MVBind black-border removal (video.remove_borders).")
+@click.option("--engine", type=click.Choice(["local", "gpus", "ray"]), default=None,
+              help="Where partitions run (extract.engine): this process, one process per device, or Ray tasks.")
+@click.option("--devices", help='Engine gpus: devices, e.g. "cuda:0,cuda:1" or "cpu,cpu" (extract.devices).')
+@click.option("--item-timeout", type=float, help="Seconds one input may take; past it, failed (extract.item_timeout).")
+@click.option("--plan-only", is_flag=True, help="Hash every input once and write the source's plan into the "
+                                                "namespace (partitions for --num-shards); extract nothing.")
 @one_line_errors
 def extract_command(source, config_path, sets, cache_dir, arch, weights, device, batch_size, workers,
-                    num_shards, shard_index, retry_failed, borders):
+                    num_shards, shard_index, retry_failed, borders, engine, devices, item_timeout, plan_only):
     """Extract audio and video embeddings of SOURCE (a folder of videos or a CSV/JSONL manifest).
 
     The encoder is encoder.name in pipeline.toml: imagebind (default) or signal (hand-crafted features).
@@ -152,8 +158,9 @@ def extract_command(source, config_path, sets, cache_dir, arch, weights, device,
         "paths.cache": cache_dir, "encoder.arch": arch, "encoder.weights": weights, "encoder.device": device,
         "encoder.batch_size": batch_size, "extract.workers": workers, "extract.num_shards": num_shards,
         "extract.shard_index": shard_index, "extract.retry_failed": retry_failed, "video.remove_borders": borders,
+        "extract.engine": engine, "extract.devices": devices, "extract.item_timeout": item_timeout,
     })
-    summary = extract(config, source)
+    summary = plan(config, source) if plan_only else extract(config, source)
     for line in summary.lines():
         click.echo(line)
 
@@ -163,41 +170,51 @@ def cache_group() -> None:
     """Inspect the feature cache."""
 
 
+def cache_options(func: Callable) -> Callable:
+    """The options every `cache` sub-command takes: a fingerprint PREFIX, --config/--set, --cache-dir, --json."""
+    func = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")(func)
+    func = click.option("--cache-dir", help="Feature cache directory (paths.cache).")(func)
+    return click.argument("prefix", required=False)(config_options(func))
+
+
+def echo_reports(reports: list[dict], lines: list[str], as_json: bool) -> None:
+    """A cache sub-command's answer: JSON, or its formatted lines."""
+    for line in [json.dumps(reports, indent=2)] if as_json else lines:
+        click.echo(line)
+
+
 @cache_group.command("verify")
-@click.argument("prefix", required=False)
-@config_options
-@click.option("--cache-dir", help="Feature cache directory (paths.cache).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+@cache_options
 @one_line_errors
 def verify_command(prefix, config_path, sets, cache_dir, as_json):
     """Read every shard in full: damaged shards (checksums), duplicate keys, true item counts; exit 1 on damage."""
     config = resolve_config(config_path, sets, {"paths.cache": cache_dir})
     reports = cache_verify(config.cache_dir, prefix)
-    if as_json:
-        click.echo(json.dumps(reports, indent=2))
-    else:
-        for line in format_verify(reports) or [f"{config.cache_dir}: no namespaces"]:
-            click.echo(line)
+    echo_reports(reports, format_verify(reports) or [f"{config.cache_dir}: no namespaces"], as_json)
     if any(r["damaged"] for r in reports):
         sys.exit(1)
 
 
+@cache_group.command("status")
+@cache_options
+@one_line_errors
+def status_command(prefix, config_path, sets, cache_dir, as_json):
+    """Where extraction stands (also while jobs run): done / failed / remaining from the plan, each
+    partition job's progress, rate and ETA."""
+    config = resolve_config(config_path, sets, {"paths.cache": cache_dir})
+    reports = cache_status(config.cache_dir, prefix)
+    echo_reports(reports, format_status(reports, config.cache_dir), as_json)
+
+
 @cache_group.command("info")
-@click.argument("prefix", required=False)
-@config_options
-@click.option("--cache-dir", help="Feature cache directory (paths.cache).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@cache_options
 @click.option("-v", "--verbose", is_flag=True, help="Show every resolved setting.")
 @one_line_errors
 def info_command(prefix, config_path, sets, cache_dir, as_json, verbose):
     """Namespaces in the cache (optionally only the one matching fingerprint PREFIX)."""
     config = resolve_config(config_path, sets, {"paths.cache": cache_dir})
     infos = cache_info(config.cache_dir, prefix)
-    if as_json:
-        click.echo(json.dumps(infos, indent=2))
-    else:
-        for line in format_info(infos, config.cache_dir, verbose):
-            click.echo(line)
+    echo_reports(infos, format_info(infos, config.cache_dir, verbose), as_json)
 
 
 @click.command()

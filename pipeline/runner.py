@@ -12,16 +12,20 @@ shard stores them as ragged per-item windows.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mvbind.cache import FeatureCache, Namespace, Row, content_key, partition_of
+from mvbind.cache.plan import Plan, read_plan, write_plan
+from mvbind.cache.progress import ProgressFile
 from mvbind.errors import open_reason
 from mvbind.pipeline.config import Config
 from mvbind.pipeline.encoders.base import (
@@ -34,6 +38,7 @@ from mvbind.pipeline.encoders.base import (
 )
 from mvbind.pipeline.library.windows import WindowLayout, make_window_preparer, window_settings
 from mvbind.pipeline.media.inputs import VIDEO_EXTENSIONS, InputItem, list_inputs
+from mvbind.pipeline.writer import ShardWriter
 
 # Outcomes of the worker step.
 OK, CACHED, ELSEWHERE, FAILED, FAILED_BEFORE = "ok", "cached", "other partition", "failed", "failed before"
@@ -49,6 +54,7 @@ class Work:
     reason: str = ""
     prepared: Prepared | None = None
     decode_seconds: float = 0.0
+    hashed: bool = False  # the worker read the file to hash it (no usable plan entry)
 
 
 class PrepareDataset(Dataset):
@@ -56,8 +62,11 @@ class PrepareDataset(Dataset):
 
     def __init__(self, items: list[InputItem], preparer, committed: frozenset[str],
                  num_partitions: int, partition: int, require: tuple[str, ...],
-                 failed_before: dict[str, str] | None = None):
+                 failed_before: dict[str, str] | None = None, keys: list[str | None] | None = None,
+                 timeout: float = 0.0):
         self.items = items
+        self.timeout = timeout  # seconds per item (0 = none): a hung read or decode becomes a failure
+        self.keys = keys  # content keys known from a plan (None: hash the file)
         self.preparer = preparer
         # path -> content key of its recorded failure ("" if it could not be read): skipped while the
         # file is still that content; a file replaced since (new content) is tried again.
@@ -71,14 +80,37 @@ class PrepareDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> Work:
+        if self.timeout <= 0 or threading.current_thread() is not threading.main_thread():
+            return self._work(index)
+        # SIGALRM interrupts even a blocked read (a file on a hung mount); its handler raises ItemTimeout,
+        # a BaseException, so the preparer's `except Exception` can't swallow it.
+        previous = signal.signal(signal.SIGALRM, _raise_timeout)
+        signal.setitimer(signal.ITIMER_REAL, self.timeout)
+        try:
+            return self._work(index)
+        except ItemTimeout:
+            return Work(index, FAILED, reason=f"timed out after {self.timeout:g}s (extract.item_timeout)")
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    def _work(self, index: int) -> Work:
         path = self.items[index].path
         t0 = time.perf_counter()
-        try:
-            key = content_key(path)
-        except OSError as err:
-            if path in self.failed_before and not self.failed_before[path]:
-                return Work(index, FAILED_BEFORE)  # still unreadable, as recorded
-            return Work(index, FAILED, reason=open_reason(err))
+        key = self.keys[index] if self.keys is not None else None
+        hashed = key is None
+        if hashed:
+            try:
+                key = content_key(path)
+            except OSError as err:
+                if path in self.failed_before and not self.failed_before[path]:
+                    return Work(index, FAILED_BEFORE, hashed=True)  # still unreadable, as recorded
+                return Work(index, FAILED, reason=open_reason(err), hashed=True)
+        work = self._prepare(index, path, key, t0)
+        work.hashed = hashed
+        return work
+
+    def _prepare(self, index: int, path: str, key: str, t0: float) -> Work:
         if self.failed_before.get(path) == key:
             return Work(index, FAILED_BEFORE, key=key)
         if partition_of(key, self.num_partitions) != self.partition:
@@ -99,6 +131,14 @@ class PrepareDataset(Dataset):
         return Work(index, OK, key=key, prepared=prepared, decode_seconds=time.perf_counter() - t0)
 
 
+class ItemTimeout(BaseException):
+    """One input took longer than extract.item_timeout."""
+
+
+def _raise_timeout(signum, frame) -> None:
+    raise ItemTimeout
+
+
 @dataclass
 class ExtractSummary:
     namespace: str
@@ -114,8 +154,13 @@ class ExtractSummary:
     shards: list[str] = field(default_factory=list)
     seconds: float = 0.0
     decode_seconds: float = 0.0  # summed over workers
-    infer_seconds: float = 0.0
-    write_seconds: float = 0.0
+    infer_seconds: float = 0.0  # the model's forward passes
+    write_seconds: float = 0.0  # shard commits, in the writer thread
+    decode_wait_seconds: float = 0.0  # the main thread waiting for decoded items
+    write_wait_seconds: float = 0.0  # the main thread waiting for the writer (queue full, final commits)
+    model_seconds: float | None = None  # building/loading the encoder; None = not built (nothing to embed)
+    planned: int = 0  # inputs whose key came from the source's plan (no read to hash them)
+    hashed: int = 0  # inputs read to hash them in this run
     unit: str = "video"  # what an item is, for the summary ("track" for a music library)
     item_keys: dict[str, str] = field(default_factory=dict)  # input path -> content key, where it was read
 
@@ -130,10 +175,13 @@ class ExtractSummary:
             f"duplicate content {self.duplicates}, failed {len(self.failed)}"
             + (f", other partitions {self.other_partition}" if self.other_partition else "")
             + (f", skipped earlier failures {self.skipped_failed} (--retry-failed)" if self.skipped_failed else ""),
+            f"keys: {self.planned} from the plan, {self.hashed} hashed in this run",
             f"time {self.seconds:.1f}s ({self.videos_per_second:.2f} {self.unit}s/s); "
-            f"decode {self.decode_seconds:.1f}s "
-            f"(worker total), infer {self.infer_seconds:.1f}s, write {self.write_seconds:.1f}s; "
-            f"{len(self.shards)} shard(s) committed",
+            f"main thread: decode wait {self.decode_wait_seconds:.1f}s, forward {self.infer_seconds:.1f}s, "
+            f"write wait {self.write_wait_seconds:.1f}s; decode {self.decode_seconds:.1f}s (worker total), "
+            f"write {self.write_seconds:.1f}s (writer thread); {len(self.shards)} shard(s) committed; "
+            + ("model not loaded (nothing to embed)" if self.model_seconds is None
+               else f"model load {self.model_seconds:.1f}s"),
         ]
         if self.without_audio:
             out.append(f"{self.without_audio} item(s) have no audio: video embeddings stored, audio marked missing")
@@ -148,12 +196,11 @@ class ExtractSummary:
 
 
 class ShardBuffer:
-    """Rows waiting to be committed; commits every `size` rows or `seconds` seconds."""
+    """Rows waiting to be committed; every `size` rows or `seconds` seconds they go to the writer thread."""
 
-    def __init__(self, ns: Namespace, config: Config, summary: ExtractSummary):
-        self.ns, self.summary = ns, summary
+    def __init__(self, ns: Namespace, config: Config, writer: ShardWriter):
+        self.ns, self.writer = ns, writer
         self.size, self.seconds = config.extract.shard_size, config.extract.shard_seconds
-        self.partition, self.num_partitions = config.extract.shard_index, config.extract.num_shards
         self.rows: list[Row] = []
         self.last_commit = time.monotonic()
 
@@ -164,10 +211,7 @@ class ShardBuffer:
 
     def commit(self) -> None:
         if self.rows:
-            t0 = time.perf_counter()
-            path = self.ns.write_shard(self.rows, partition=self.partition, num_partitions=self.num_partitions)
-            self.summary.write_seconds += time.perf_counter() - t0
-            self.summary.shards.append(path.name)
+            self.writer.put(self.rows)
             self.rows = []
         self.last_commit = time.monotonic()
 
@@ -180,14 +224,13 @@ def run_extraction(
     extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
     progress: bool = True,
     windows: WindowLayout | None = None,
-    lazy_model: bool = False,
 ) -> ExtractSummary:
     """Extract every input into the namespace of `config`'s extractor settings; returns the summary.
 
     With `windows`, the inputs are music tracks: their audio is embedded window by window into the
     track namespace of those settings + that layout (pass ``require=("audio",)``).
-    `lazy_model` loads the encoder only once an item needs embedding (recommend: a cached video
-    costs a hash, not a model load).
+    The encoder is built only once an item needs embedding: a fully cached rerun costs hashes, not
+    a model load (seconds and gigabytes with the huge architecture).
     """
     t_start = time.perf_counter()
     items = list(source) if isinstance(source, list) else list_inputs(source, extensions)
@@ -203,13 +246,19 @@ def run_extraction(
         ns.clean_temp_files(partition=ext.shard_index, num_partitions=ext.num_shards)
         committed = frozenset(ns.committed_keys())
         failures = {f.path: f.key for f in ns.failures()}  # path -> content key of its recorded failure
-        todo = items
+        failed_before = {} if ext.retry_failed else failures
+        plan = read_plan(ns.root, plan_source(source, items))
+        todo, keys = (items, None) if plan is None else _apply_plan(plan, items, committed, failed_before, ext,
+                                                                    summary)
+        progress_file = ProgressFile(ns.root, ext.shard_index, ext.num_shards)
+        progress_file.update(force=True, todo=len(todo), **_counts(summary))
         if not todo:
+            progress_file.update(force=True, finished=True)
             summary.seconds = time.perf_counter() - t_start
             return summary
         preparer = make_preparer(config) if windows is None else make_window_preparer(config, windows)
         dataset = PrepareDataset(todo, preparer, committed, ext.num_shards, ext.shard_index, require,
-                                 failed_before=None if ext.retry_failed else failures)
+                                 failed_before=failed_before, keys=keys, timeout=ext.item_timeout)
         loader = DataLoader(
             dataset,
             batch_size=None,
@@ -223,46 +272,138 @@ def run_extraction(
         # Libraries a preparer must not first initialise inside a forked worker are loaded here.
         if hasattr(preparer, "warm_up"):
             preparer.warm_up()
-        # Start the decoding workers before loading the model: they decode while the weights load,
-        # and they are forked before CUDA is initialised in this process.
+        # Start the decoding workers before the model exists: they are forked before CUDA is initialised
+        # in this process, and they keep decoding while the weights load on the first item to embed.
         stream = iter(loader)
-        embedder = _LazyEmbedder(config, progress) if lazy_model else make_embedder(config, progress=progress)
-        buffer = ShardBuffer(ns, config, summary)
-        seen: set[str] = set()
-        batch: list[Work] = []
+        embedder = _LazyEmbedder(config, progress, summary)
+        writer = ShardWriter(ns, partition=ext.shard_index, num_partitions=ext.num_shards, depth=ext.write_queue,
+                             on_commit=lambda _name, n: progress_file.update(force=True, add_committed=n,
+                                                                             **_counts(summary)))
+        buffer = ShardBuffer(ns, config, writer)
         bar = tqdm(total=len(todo), unit=summary.unit, desc="extract" if windows is None else "index",
                    disable=not progress, dynamic_ncols=True)
-        for work in stream:
-            bar.update(1)
-            item = todo[work.index]
-            if work.key:
-                summary.item_keys[item.path] = work.key
-            if work.status == FAILED_BEFORE:
-                summary.skipped_failed += 1
-            elif work.status == ELSEWHERE:
-                summary.other_partition += 1
-            elif work.status == CACHED:
-                summary.reused += 1
-            elif work.status == FAILED:
-                ns.record_failure(item.path, work.reason, work.key)
-                summary.failed.append((item.path, work.reason))
-            elif work.key in seen:
-                summary.duplicates += 1
-            else:
-                seen.add(work.key)
-                summary.decode_seconds += work.decode_seconds
-                batch.append(work)
-                if len(batch) >= config.encoder.batch_size:
-                    _embed_batch(embedder, batch, todo, buffer, summary, failures)
-                    batch = []
-            bar.set_postfix(ok=summary.extracted + len(batch), cached=summary.reused, failed=len(summary.failed),
-                            refresh=False)
-        if batch:
-            _embed_batch(embedder, batch, todo, buffer, summary, failures)
-        buffer.commit()
-        bar.close()
+        try:
+            _consume(stream, todo, embedder, buffer, summary, failures, config.encoder.batch_size, bar, progress_file)
+        except BaseException:
+            with contextlib.suppress(BaseException):  # the run's own error is the one to report
+                writer.close()
+            raise
+        finally:
+            bar.close()
+        writer.close()
+        summary.shards, summary.write_seconds = writer.shards, writer.write_seconds
+        summary.write_wait_seconds = writer.wait_seconds
+        progress_file.update(force=True, finished=True, **_counts(summary))
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def plan_source(source: str | Path | list[InputItem], items: list[InputItem]) -> str | Path | list[str]:
+    """What identifies the input source of a plan: the folder or manifest, or the listed paths."""
+    return [it.path for it in items] if isinstance(source, list) else source
+
+
+def write_source_plan(config: Config, source: str | Path | list[InputItem], *,
+                      extensions: tuple[str, ...] = VIDEO_EXTENSIONS, progress: bool = True) -> PlanSummary:
+    """Hash every input of `source` once and write its plan into the namespace of `config`'s settings,
+    with partitions for extract.num_shards; partition jobs then read their items from it."""
+    t0 = time.perf_counter()
+    items = list(source) if isinstance(source, list) else list_inputs(source, extensions)
+    ns = FeatureCache(config.cache_dir).create(extractor_settings(config, download=True, progress=progress))
+    n = config.extract.num_shards
+    plan = write_plan(ns.root, plan_source(source, items), [it.path for it in items], n,
+                      threads=max(1, config.extract.workers))
+    return PlanSummary(str(plan.path), len(items), plan.hashed, len(plan.errors), plan.partition_counts(n),
+                       time.perf_counter() - t0)
+
+
+@dataclass
+class PlanSummary:
+    path: str
+    inputs: int
+    hashed: int  # read to hash them now (the others were in the previous plan, unchanged)
+    unreadable: int
+    per_partition: list[int]  # unique keys per partition
+    seconds: float
+
+    def lines(self) -> list[str]:
+        return [f"plan {self.path}: {self.inputs} inputs, {self.hashed} hashed in {self.seconds:.1f}s "
+                f"(the others unchanged since the last plan)"
+                + (f", {self.unreadable} unreadable (extract records them)" if self.unreadable else ""),
+                f"items per partition ({len(self.per_partition)}): "
+                + " ".join(str(c) for c in self.per_partition)]
+
+
+def _apply_plan(plan: Plan, items: list[InputItem], committed: frozenset[str], failed_before: dict[str, str],
+                ext, summary: ExtractSummary) -> tuple[list[InputItem], list[str | None]]:
+    """Settle every planned input that is not this partition's work without opening it (another
+    partition's, cached, failed before); returns the rest, with their planned keys (None: hash it)."""
+    todo: list[InputItem] = []
+    keys: list[str | None] = []
+    for item in items:
+        key = plan.key_for(item.path)
+        if key is not None:
+            summary.planned += 1
+            summary.item_keys[item.path] = key
+            if partition_of(key, ext.num_shards) != ext.shard_index:
+                summary.other_partition += 1
+                continue
+            if failed_before.get(item.path) == key:
+                summary.skipped_failed += 1
+                continue
+            if key in committed:
+                summary.reused += 1
+                continue
+        todo.append(item)
+        keys.append(key)
+    return todo, keys
+
+
+def _consume(stream, todo: list[InputItem], embedder: _LazyEmbedder, buffer: ShardBuffer, summary: ExtractSummary,
+             failures: dict[str, str], batch_size: int, bar: tqdm, progress_file: ProgressFile) -> None:
+    """The main thread's loop: take decoded items as workers finish them, embed in batches, queue shards."""
+    seen: set[str] = set()
+    batch: list[Work] = []
+    while True:
+        t0 = time.perf_counter()
+        work = next(stream, None)
+        summary.decode_wait_seconds += time.perf_counter() - t0
+        if work is None:
+            break
+        bar.update(1)
+        item = todo[work.index]
+        summary.hashed += work.hashed
+        if work.key:
+            summary.item_keys[item.path] = work.key
+        if work.status == FAILED_BEFORE:
+            summary.skipped_failed += 1
+        elif work.status == ELSEWHERE:
+            summary.other_partition += 1
+        elif work.status == CACHED:
+            summary.reused += 1
+        elif work.status == FAILED:
+            buffer.ns.record_failure(item.path, work.reason, work.key)
+            summary.failed.append((item.path, work.reason))
+        elif work.key in seen:
+            summary.duplicates += 1
+        else:
+            seen.add(work.key)
+            summary.decode_seconds += work.decode_seconds
+            batch.append(work)
+            if len(batch) >= batch_size:
+                _embed_batch(embedder, batch, todo, buffer, summary, failures)
+                batch = []
+        bar.set_postfix(ok=summary.extracted + len(batch), cached=summary.reused, failed=len(summary.failed),
+                        refresh=False)
+        progress_file.update(**_counts(summary))  # at most every few seconds
+    if batch:
+        _embed_batch(embedder, batch, todo, buffer, summary, failures)
+    buffer.commit()
+
+
+def _counts(summary: ExtractSummary) -> dict[str, int]:
+    """The summary's counts that a partition's progress file carries."""
+    return {"failed": len(summary.failed), "reused": summary.reused, "other_partition": summary.other_partition}
 
 
 def _identity(x):
@@ -270,25 +411,26 @@ def _identity(x):
 
 
 class _LazyEmbedder:
-    """make_embedder(config) on first use."""
+    """make_embedder(config) on first use; the build time goes into the summary (`model_seconds`,
+    None while no model was built), so a run says whether it paid for a model at all."""
 
-    def __init__(self, config: Config, progress: bool):
-        from mvbind.pipeline.encoders.base import pick_device
-
-        self.config, self.progress = config, progress
-        self.device = pick_device(config.encoder.device) if backend(config).uses_device else torch.device("cpu")
+    def __init__(self, config: Config, progress: bool, summary: ExtractSummary):
+        self.config, self.progress, self.summary = config, progress, summary
         self._embedder = None
 
-    def embed(self, items):
+    def get(self):
         if self._embedder is None:
+            t0 = time.perf_counter()
             self._embedder = make_embedder(self.config, progress=self.progress)
-        return self._embedder.embed(items)
+            self.summary.model_seconds = time.perf_counter() - t0
+        return self._embedder
 
 
-def _embed_batch(embedder, batch: list[Work], todo: list[InputItem], buffer: ShardBuffer,
+def _embed_batch(embedder: _LazyEmbedder, batch: list[Work], todo: list[InputItem], buffer: ShardBuffer,
                  summary: ExtractSummary, earlier_failures: dict[str, str]) -> None:
+    model = embedder.get()
     t0 = time.perf_counter()
-    out = embedder.embed([w.prepared for w in batch])
+    out = model.embed([w.prepared for w in batch])
     summary.infer_seconds += time.perf_counter() - t0
     for work, a, v in zip(batch, out["audio"], out["video"]):
         item = todo[work.index]

@@ -13,7 +13,7 @@ if [ -z "$PY" ]; then
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,serve,text]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,serve,text,ray]'
 # CLIP's BPE vocabulary for the text tokenizer: the file only, so no torchvision/timm (see pyproject's `text`).
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps open_clip_torch==3.3.0
 echo "mvbind: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

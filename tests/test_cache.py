@@ -225,3 +225,29 @@ def test_a_flipped_byte_inside_an_embedding_block_is_detected(tmp_path, dataset)
     assert bad.exists()  # verify reports; it moves nothing
     feats = ns.load()  # a reader quarantines it and goes on with the rest
     assert len(feats) == 4 and not bad.exists() and (ns.root / "quarantine" / bad.name).exists() and good.exists()
+
+
+def test_writer_thread_commits_in_order_and_its_error_surfaces_in_the_caller(tmp_path):
+    from mvbind.pipeline.writer import ShardWriter
+
+    ns = FeatureCache(tmp_path).create(SETTINGS)
+    committed = []
+    writer = ShardWriter(ns, partition=1, num_partitions=2, depth=1, on_commit=lambda name, n: committed.append(n))
+    for start in (0, 5, 10):
+        writer.put(rows(5, start) if start != 5 else rows(2, start))
+    writer.close()
+    assert committed == [5, 2, 5] and len(writer.shards) == 3
+    assert [n for n in writer.shards if n.startswith("p00001of00002-")] == writer.shards
+    assert sorted(ns.load().keys) == [r.key for r in rows(5) + rows(2, 5) + rows(5, 10)]
+
+    # A commit that fails in the writer thread (here: a file where the shard folder should be) is raised
+    # by the caller's next put or by close, once; the queued rows behind it are not committed.
+    broken = FeatureCache(tmp_path / "broken").create(SETTINGS)
+    broken.shard_dir.write_text("not a folder")
+    writer = ShardWriter(broken, partition=0, num_partitions=1, depth=1)
+    with pytest.raises(FileExistsError):
+        for start in range(0, 50, 5):
+            writer.put(rows(5, start))
+        writer.close()
+    writer.close()  # reported once; the thread is gone
+    assert writer.shards == [] and not writer._thread.is_alive()

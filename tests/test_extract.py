@@ -75,8 +75,12 @@ def test_rerun_renamed_copy_and_settings_change(videos, tmp_path):
     shards = ns.shard_paths()
     assert first.extracted == 4
 
-    again = extract(config, videos, progress=False)  # nothing decoded, nothing written
+    assert first.model_seconds is not None and "model load" in "\n".join(first.lines())
+    text = "\n".join(first.lines())
+    assert "decode wait" in text and "(writer thread); 1 shard(s) committed" in text
+    again = extract(config, videos, progress=False)  # nothing decoded, nothing written, no model built
     assert (again.extracted, again.reused, again.shards) == (0, 4, [])
+    assert again.model_seconds is None and "model not loaded (nothing to embed)" in "\n".join(again.lines())
     assert ns.shard_paths() == shards
 
     copies = tmp_path / "copies"
@@ -311,6 +315,8 @@ def test_cli_extract_and_cache_info(videos, tmp_path):
     result = runner.invoke(cli, ["extract", str(videos), *args])
     assert result.exit_code == 0, result.output
     assert "extracted 4, reused from cache 0" in result.output
+    planned = runner.invoke(cli, ["extract", str(videos), *args, "--plan-only", "--num-shards", "2"])
+    assert planned.exit_code == 0 and "4 inputs, 4 hashed" in planned.output, planned.output
     info = runner.invoke(cli, ["cache", "info", "--cache-dir", str(tmp_path / "c")])
     assert info.exit_code == 0, info.output
     assert "imagebind/tiny weights=random-init seed 0" in info.output and "items=4" in info.output
@@ -318,3 +324,117 @@ def test_cli_extract_and_cache_info(videos, tmp_path):
     assert bad.exit_code == 2 and "no such folder or manifest" in bad.output
     bad = runner.invoke(cli, ["extract", str(videos), *args, "--set", "extract.shard_size=0"])
     assert bad.exit_code == 2 and "setting extract.shard_size: must be >= 1, got 0" in bad.output
+
+
+def sorted_features(cache_dir, config):
+    feats = FeatureCache(cache_dir).get(extractor_settings(config)).load()
+    order = np.argsort(feats.keys.astype(str))
+    return feats.keys[order].tolist(), feats.audio[order].astype(np.float32), feats.video[order].astype(np.float32)
+
+
+def test_plan_hashes_each_input_once_and_partition_jobs_take_their_items_from_it(videos, tmp_path):
+    from mvbind.stages.extract import plan
+
+    folder = tmp_path / "v"
+    shutil.copytree(videos, folder)
+    (folder / "broken.mp4").write_bytes(b"not a video" * 50)
+    part = {"extract.num_shards": 2}
+    planned = plan(tiny_config(tmp_path / "cache", **part), folder, progress=False)
+    assert planned.inputs == 5 and sum(planned.per_partition) == 5 and planned.unreadable == 0
+    assert Path(planned.path).parent.name == "plans" and Path(planned.path).exists()
+
+    def jobs(**more):
+        return [extract(tiny_config(tmp_path / "cache", **part, **{"extract.shard_index": i}, **more), folder,
+                        progress=False) for i in range(2)]
+
+    first = jobs()
+    assert [j.hashed for j in first] == [0, 0] and [j.planned for j in first] == [5, 5]  # nobody read to hash
+    assert sum(j.extracted for j in first) == 4 and sum(len(j.failed) for j in first) == 1
+    assert sum(j.other_partition for j in first) == 5
+    # The same cache as one job without a plan (which reads every file to hash it).
+    alone = extract(tiny_config(tmp_path / "alone"), folder, progress=False)
+    assert alone.hashed == 5 and alone.planned == 0
+    keys_a, audio_a, video_a = sorted_features(tmp_path / "cache", tiny_config(tmp_path / "cache"))
+    keys_b, audio_b, video_b = sorted_features(tmp_path / "alone", tiny_config(tmp_path / "alone"))
+    assert keys_a == keys_b
+    np.testing.assert_allclose(audio_a, audio_b, atol=2e-2)
+    np.testing.assert_allclose(video_a, video_b, atol=2e-3)
+
+    # Resume from the plan: cached and failed items are settled without opening them; a file replaced
+    # since the plan (new size/mtime) is hashed again by the jobs; --retry-failed retries from the plan.
+    make_video(folder / "a.mp4", duration=2.0, freq=1234)
+    again = jobs()
+    assert sum(j.hashed for j in again) == 2 and sum(j.extracted for j in again) == 1
+    assert sum(j.skipped_failed for j in again) == 1 and sum(j.reused for j in again) == 3
+    retry = jobs(**{"extract.retry_failed": "true"})
+    assert sum(len(j.failed) for j in retry) == 1 and sum(j.extracted for j in retry) == 0
+    assert "keys: 4 from the plan, 1 hashed in this run" in retry[0].lines()[2]
+    replanned = plan(tiny_config(tmp_path / "cache", **part), folder, progress=False)  # reads only what changed
+    assert (replanned.inputs, replanned.hashed) == (5, 1)
+    assert [j.hashed for j in jobs()] == [0, 0]
+
+
+def test_cache_status_reads_progress_while_a_job_runs(many_videos, tmp_path):
+    # A real extract process that commits the first half of its list one shard at a time, then blocks on a
+    # named pipe that nobody writes (planned before the pipe existed, so the job hashes the pipe itself).
+    from mvbind.cli import cli
+    from mvbind.stages.cache_info import cache_status
+    from mvbind.stages.extract import plan
+
+    videos = sorted(many_videos.glob("*.mp4"))
+    half = len(videos) // 2
+    manifest = tmp_path / "videos.csv"
+    cache = tmp_path / "cache"
+
+    def write_manifest(paths):
+        with open(manifest, "w", newline="") as f:
+            csv.writer(f).writerows([["path"], *([str(p)] for p in paths)])
+
+    write_manifest(videos)
+    config = tiny_config(cache)
+    assert plan(config, manifest, progress=False).inputs == len(videos)
+    stalled = tmp_path / "stalled.mp4"
+    os.mkfifo(stalled)
+    write_manifest([*videos[:half], stalled, *videos[half:]])
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "extract", str(manifest), "--cache-dir", str(cache), "--arch", "tiny",
+         "--weights", "random", "--workers", "0", "--batch-size", "1", "--set", "extract.shard_size=1"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(committed_shards(cache)) < half and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None and len(committed_shards(cache)) == half
+        time.sleep(0.3)  # the progress file is written right after each commit
+        [report] = cache_status(cache)
+        assert (report["planned"], report["done"], report["failed"], report["remaining"]) == (8, half, 0, 8 - half)
+        [part] = report["partitions"]
+        assert not part["finished"] and part["committed"] == half and part["todo"] == len(videos) + 1
+        assert part["pid"] == proc.pid and report["rate"] > 0 and report["eta_seconds"] > 0
+        out = CliRunner().invoke(cli, ["cache", "status", "--cache-dir", str(cache)])
+        assert out.exit_code == 0 and f"done {half} (50.0 %), failed 0, remaining {8 - half}" in out.output
+        assert "1 partition job(s) running" in out.output and "running, committed 4 of 9 to do" in out.output
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    [stopped] = cache_status(cache)[0]["partitions"]
+    assert stopped["state"] == "stopped (rerun to resume)" and stopped["committed"] == half
+    stalled.unlink()
+    write_manifest(videos)
+    finished = extract(config, manifest, progress=False)  # resumes from the plan, then says it finished
+    assert finished.reused == half and finished.extracted == 8 - half and finished.hashed == 0
+    [report] = cache_status(cache)
+    assert (report["done"], report["remaining"]) == (8, 0) and report["partitions"][0]["finished"]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_item_timeout_records_a_hung_input_as_failed_and_the_run_goes_on(videos, tmp_path, workers):
+    folder = tmp_path / "v"
+    shutil.copytree(videos, folder)
+    os.mkfifo(folder / "hung.mp4")  # nobody writes it: reading it blocks for good (a file on a hung mount)
+    config = tiny_config(tmp_path / "cache", **{"extract.item_timeout": "1.5", "extract.workers": workers})
+    summary = extract(config, folder, progress=False)
+    assert summary.extracted == 4
+    why = "timed out after 1.5s (extract.item_timeout)"
+    assert [(Path(p).name, r) for p, r in summary.failed] == [("hung.mp4", why)]

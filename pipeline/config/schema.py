@@ -14,6 +14,7 @@ from pathlib import Path
 from mvbind.pipeline.config.paths import expand_path
 
 ARCHS = ("huge", "small", "tiny")  # pipeline.imagebind presets; only huge has pretrained weights
+ENGINES = ("local", "gpus", "ray")  # where stage one's partitions run (pipeline.engines)
 
 
 @dataclass
@@ -39,9 +40,14 @@ class ExtractConfig:
     prefetch: int = 4  # items each worker decodes ahead
     shard_size: int = 256  # items per HDF5 shard
     shard_seconds: float = 300.0  # also commit a shard at least this often (bounds work lost to a crash)
+    write_queue: int = 2  # full shards waiting for the writer thread; the model waits only past this many
     num_shards: int = 1  # partitions: item belongs to partition hash(key) mod num_shards
     shard_index: int = 0
     retry_failed: bool = False
+    item_timeout: float = 0.0  # seconds one input may take to hash and decode; past it, recorded failed (0 = none)
+    engine: str = "local"  # local (this process) | gpus (one process per device) | ray (one task per partition)
+    devices: str = ""  # gpus engine: e.g. "cuda:0,cuda:1" or "cpu,cpu"; "" = every visible GPU
+    max_retries: int = 2  # ray engine: a partition task whose process died runs again (it resumes)
 
 
 @dataclass(frozen=True)
