@@ -18,7 +18,7 @@ import torch
 from mvbind.cli import main as cli_main
 from tests.planted import write_planted
 
-EPOCHS = 30
+EPOCHS = 20
 SETTINGS = ["train.hidden_dim=256", "train.embed_dim=32", "train.batch_size=128", "train.threads=1",
             "train.patience=0", "train.dropout=0.2", "eval.chunk_mb=16"]
 
