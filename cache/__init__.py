@@ -8,7 +8,16 @@ Reader API for stage two::
 """
 
 from mvbind.cache.keys import content_key, partition_of
-from mvbind.cache.namespace import CacheError, Failure, FeatureCache, Features, KeyIndex, Namespace, fingerprint
+from mvbind.cache.namespace import (
+    CacheError,
+    Failure,
+    FeatureCache,
+    Features,
+    KeyIndex,
+    Namespace,
+    fingerprint,
+    settings_label,
+)
 from mvbind.cache.shards import DamagedShard, Row
 
 __all__ = [
@@ -23,4 +32,5 @@ __all__ = [
     "content_key",
     "fingerprint",
     "partition_of",
+    "settings_label",
 ]

@@ -53,6 +53,17 @@ def fingerprint(settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def settings_label(settings: dict) -> str:
+    """A short name for a namespace's features, for listings and tables: 'imagebind/huge', 'signal/2',
+    'imported mgsv'."""
+    enc = settings.get("encoder", "")
+    if not isinstance(enc, dict):
+        return str(enc) or "?"
+    if enc.get("name") == "imported":
+        return f"imported {enc.get('source', '')}".strip()
+    return "/".join(str(enc[k]) for k in ("name", "arch", "version") if k in enc) or "?"
+
+
 class CacheError(MvbindError):
     """The cache can't be used as asked (missing namespace, lock held, ...)."""
 
@@ -122,9 +133,14 @@ class Namespace:
         self.fingerprint: str = meta["fingerprint"]
         self.settings: dict = meta["settings"]
         self.created: float = meta.get("created", 0.0)
+        self.note: dict = meta.get("note", {})  # written once with the settings, not fingerprinted (e.g. a source file)
 
     def __repr__(self) -> str:
         return f"Namespace({self.fingerprint[:16]}, {self.root})"
+
+    @property
+    def label(self) -> str:
+        return settings_label(self.settings)
 
     @property
     def audio_shape(self) -> tuple[int, int]:
@@ -438,6 +454,7 @@ class Namespace:
             "failures": len(self.failures()),
             "bytes": size,
             "settings": self.settings,
+            "note": self.note,
         }
 
 
@@ -549,17 +566,18 @@ class FeatureCache:
                     log.warning("%s", err)
         return out
 
-    def create(self, settings: dict) -> Namespace:
-        """The namespace for these extractor settings, created on first use."""
+    def create(self, settings: dict, note: dict | None = None) -> Namespace:
+        """The namespace for these extractor settings, created on first use. `note` is written beside the
+        settings by the creator only and is not part of the fingerprint (e.g. where imported features came from)."""
         fp = fingerprint(settings)
         root = self.root / fp[:16]
         meta_path = root / "settings.json"
         if not meta_path.exists():
             root.mkdir(parents=True, exist_ok=True)
             tmp = root / f".settings-{uuid.uuid4().hex[:8]}.json"
+            meta = {"fingerprint": fp, "created": time.time(), "settings": settings, **({"note": note} if note else {})}
             try:
-                tmp.write_text(json.dumps({"fingerprint": fp, "created": time.time(), "settings": settings},
-                                          indent=2))
+                tmp.write_text(json.dumps(meta, indent=2))
                 os.link(tmp, meta_path)  # atomic create-if-absent: concurrent creators agree
             except FileExistsError:
                 pass

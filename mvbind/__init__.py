@@ -5,6 +5,7 @@ The public API, for notebooks and services (everything the command line does)::
     import mvbind
     config = mvbind.load_config(overrides={"encoder.name": "signal"})
     mvbind.extract(config, "videos/")                       # stage one → feature cache
+    mvbind.import_features(config, "features.npz")          # … or features extracted elsewhere
     run_dir = mvbind.train(config, name="base")             # stage two → runs/base
     out_dir, metrics = mvbind.evaluate(config, ["base"])    # Recall@K vs chance and zero-shot
     mvbind.index(config, "music/", run="base", name="mylib")
@@ -30,6 +31,7 @@ _API = {
     "extract": "mvbind.stages.extract",
     "train": "mvbind.stages.train",
     "evaluate": "mvbind.stages.evaluate",
+    "import_features": "mvbind.stages.import_features",
     "index": "mvbind.stages.index",
     "recommend": "mvbind.stages.recommend",
     "Recommender": "mvbind.pipeline.library.recommender",
@@ -44,6 +46,7 @@ __all__ = [
     "Recommender",
     "evaluate",
     "extract",
+    "import_features",
     "index",
     "load_config",
     "open_cache",
@@ -60,6 +63,7 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
     from mvbind.pipeline.reader import open_cache, read_features
     from mvbind.stages.evaluate import evaluate
     from mvbind.stages.extract import extract
+    from mvbind.stages.import_features import import_features
     from mvbind.stages.index import index
     from mvbind.stages.recommend import recommend
     from mvbind.stages.train import train

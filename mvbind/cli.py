@@ -26,6 +26,7 @@ from mvbind.stages.demo import run_demo
 from mvbind.stages.demo_data import demo_data
 from mvbind.stages.evaluate import evaluate
 from mvbind.stages.extract import extract, plan
+from mvbind.stages.import_features import import_features
 from mvbind.stages.index import index
 from mvbind.stages.recommend import recommend
 from mvbind.stages.serve import serve
@@ -165,6 +166,26 @@ def extract_command(source, config_path, sets, cache_dir, arch, weights, device,
         click.echo(line)
 
 
+@click.command("import-features")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@config_options
+@click.option("--name", default=None, help="Name of the imported features (default: FILE's name without suffix); "
+                                           "with the file's content hash it makes the namespace's fingerprint.")
+@click.option("--cache-dir", help="Feature cache directory (paths.cache).")
+@one_line_errors
+def import_features_command(file, config_path, sets, name, cache_dir):
+    """Import pre-extracted features from FILE (.npz, HDF5, or Parquet with pyarrow) into a cache namespace.
+
+    FILE holds `ids` (n,), `audio` and `video` ((n, dim) pooled or (n, clips, dim) per clip; the dims may
+    differ), and optionally `music_id`, `split` (train/val/test), `audio_mask` and `video_mask` (n,).
+    Then: mvbind train --cache PREFIX, mvbind eval RUN. Importing the same file again writes nothing.
+    """
+    config = resolve_config(config_path, sets, {"paths.cache": cache_dir})
+    summary = import_features(config, file, name=name)
+    for line in summary.lines():
+        click.echo(line)
+
+
 @click.group()
 def cache_group() -> None:
     """Inspect the feature cache."""
@@ -258,18 +279,21 @@ def demo_command(workdir, videos, library_tracks, seed, workers, quiet):
               help="Fingerprint prefix of the cache namespace (default: the one pipeline.toml's settings name).")
 @click.option("--name", default=None, help="Run directory name under paths.runs (default: a timestamp).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory of the same name.")
+@click.option("--resume", default=None, metavar="RUN",
+              help="Continue a killed run (name under paths.runs or directory) from its last epoch, with the "
+                   "same settings; ends with the weights an uninterrupted run would have.")
 @click.option("--epochs", type=int, default=None, help="Shortcut for --set train.epochs=N.")
 @click.option("--batch-size", type=int, default=None, help="Shortcut for --set train.batch_size=N.")
 @click.option("--lr", type=float, default=None, help="Shortcut for --set train.lr=X.")
 @click.option("--seed", type=int, default=None, help="Shortcut for --set train.seed=N.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @one_line_errors
-def train_command(config_path, sets, cache_prefix, name, overwrite, epochs, batch_size, lr, seed, quiet):
-    """Train the binding projector on cached features; writes runs/<name>/."""
+def train_command(config_path, sets, cache_prefix, name, overwrite, resume, epochs, batch_size, lr, seed, quiet):
+    """Train the binding projector on cached features; writes runs/<name>/ (or continues one: --resume RUN)."""
     config = resolve_config(config_path, sets, {"train.cache": cache_prefix, "train.epochs": epochs,
                                                 "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed})
     options = {"config": config_path, "set": list(sets), "cache": cache_prefix, "name": name, "overwrite": overwrite}
-    run_dir = train(config, name=name, overwrite=overwrite, progress=not quiet, cli_options=options)
+    run_dir = train(config, name=name, overwrite=overwrite, progress=not quiet, cli_options=options, resume=resume)
     click.echo(str(run_dir))
 
 
@@ -399,6 +423,7 @@ def cli(debug: bool) -> None:
 
 
 cli.add_command(extract_command, "extract")
+cli.add_command(import_features_command, "import-features")
 cli.add_command(cache_group, "cache")
 cli.add_command(demo_data_command, "demo-data")
 cli.add_command(demo_command, "demo")

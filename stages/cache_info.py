@@ -7,7 +7,7 @@ import json
 import os
 import time
 
-from mvbind.cache import FeatureCache
+from mvbind.cache import FeatureCache, settings_label
 from mvbind.cache.namespace import verify_namespace
 from mvbind.cache.plan import namespace_plans
 from mvbind.cache.progress import read_progress
@@ -36,20 +36,27 @@ def format_info(infos: list[dict], cache_dir, verbose: bool = False) -> list[str
         s = info["settings"]
         enc = s.get("encoder", {})
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(info["created"]))
-        label = "/".join(str(enc[k]) for k in ("name", "arch", "version") if k in enc)
-        if "weights" in enc:
+        label = settings_label(s)
+        if isinstance(enc, dict) and "weights" in enc:
             label += f" weights={enc['weights']}"
         lines.append(
             f"{info['fingerprint'][:16]}  {label}  "
             f"items={info['items']} (no audio {info['items_without_audio']})  failures={info['failures']}  "
             f"shards={info['shards']}  {human_bytes(info['bytes'])}  created {created}"
         )
-        a, v = s.get("audio", {}), s.get("video", {})
         shapes = s.get("shapes", {})
-        lines.append(f"    audio: {_layout(a, ('sample_rate', 'num_mel_bins', 'target_length'))}"
-                     f"  → {shapes.get('audio')}")
-        lines.append(f"    video: {_layout(v, ('frames_per_clip', 'size', 'crops', 'remove_borders'))}"
-                     f"  → {shapes.get('video')}")
+        if "imported" in s:  # features from elsewhere: no clip layout, the file they came from
+            imp = s["imported"]
+            source = info.get("note", {}).get("imported_from") or imp.get("name")
+            lines.append(f"    imported from {source}: {imp.get('items')} items, audio {_shape(imp.get('audio'))}, "
+                         f"video {_shape(imp.get('video'))} ({imp.get('format')}, sha256 {imp.get('sha256', '')[:12]})")
+        for name, keys in (("audio", ("sample_rate", "num_mel_bins", "target_length")),
+                           ("video", ("frames_per_clip", "size", "crops", "remove_borders"))):
+            if s.get(name, {}).get("clips_per_video") is not None:
+                lines.append(f"    {name}: {_layout(s[name], keys)}  → {shapes.get(name)}")
+            else:  # no clip layout recorded (imported or synthetic features): the stored shape only
+                clips, dim = shapes.get(name) or ("?", "?")
+                lines.append(f"    {name}: {clips} clip(s) × {dim}-d per item")
         if info.get("duplicate_rows"):
             lines.append(f"    {info['duplicate_rows']} duplicate row(s) across shards "
                          "(counted once; the first copy is read)")
@@ -59,6 +66,10 @@ def format_info(infos: list[dict], cache_dir, verbose: bool = False) -> list[str
         if verbose:
             lines.extend("    " + ln for ln in json.dumps(s, indent=2).splitlines())
     return lines
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join(str(x) for x in shape) + ")" if shape else "?"
 
 
 def _layout(section: dict, keys: tuple[str, ...]) -> str:

@@ -2,7 +2,8 @@
 
 For each run: its recorded cache fingerprint, split and music groups give the gallery (the
 `eval.split` part of the run's own split, never a re-derived one); its best checkpoint
-embeds both sides; ranks are exact and computed in blocks (`pipeline.metrics`). Baselines,
+embeds both sides; ranks are exact and computed in blocks (`pipeline.metrics`). Each run's row
+carries the settings in which the evaluated runs differ (a `settings` column). Baselines,
 once per distinct gallery:
   - chance: the exact expectation of a random ranking with the gallery's group sizes;
   - zero-shot ImageBind: raw cosine of the mean-pooled, normalised cached audio and video
@@ -23,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mvbind.cache import CacheError, FeatureCache
+from mvbind.cache import CacheError, FeatureCache, settings_label
 from mvbind.pipeline.binding.checkpoint import load_checkpoint
 from mvbind.pipeline.binding.metrics import chance, recall_curve, retrieval_ranks, summarize
 from mvbind.pipeline.binding.pairs import PairSet, load_pairs, select_namespace
 from mvbind.pipeline.binding.projector import ProjectorSpec
-from mvbind.pipeline.binding.report import markdown_table, plot_recall
+from mvbind.pipeline.binding.report import differing_settings, markdown_table, plot_recall
 from mvbind.pipeline.binding.runs import RunError, _read, claim_run_dir, find_run, run_name, write_json
 from mvbind.pipeline.binding.training import encode, make_split, music_groups, relabel, skipped_note
 from mvbind.pipeline.config import Config, expand_path
@@ -121,6 +122,7 @@ def evaluate(config: Config, runs: list[str | Path] | tuple = (), *, cache: str 
 
     run_dirs = [find_run(config, r) for r in runs]
     specs = {rd: ProjectorSpec.from_dict(_read(rd, "model.json")) for rd in run_dirs}
+    distinct = dict(zip(run_dirs, differing_settings([run_settings(rd) for rd in run_dirs])))
     store = _PairCache(config, keep_clips=any(s.pooling == "attention" for s in specs.values()))
     rows: list[dict] = []
     galleries: dict[str, Gallery] = {}
@@ -146,7 +148,8 @@ def evaluate(config: Config, runs: list[str | Path] | tuple = (), *, cache: str 
             v_in, a_in = ns_pairs.video[gal.index], ns_pairs.audio[gal.index]
         ve, ae = encode(model, v_in, a_in)
         rows.append(_row(rd.name, "run", gal, ve, ae, ks, max_k, config, extra={
-            "run_dir": str(rd), "epoch": meta.get("epoch"), "spec": specs[rd].to_dict()}, t0=t0))
+            "run_dir": str(rd), "epoch": meta.get("epoch"), "spec": specs[rd].to_dict(), "settings": distinct[rd]},
+            t0=t0))
     if not run_dirs:
         prefix = cache if cache is not None else config.train.cache
         ns = select_namespace(config.cache_dir, prefix, config, say=notify)
@@ -202,6 +205,19 @@ def evaluate(config: Config, runs: list[str | Path] | tuple = (), *, cache: str 
                                       f"\n- ties are {metrics['ties']}\n")
     plot_recall(rows, out_dir / "recall_at_k.png", title=f"Recall@K, {split} split", ks=ks)
     return out_dir, metrics
+
+
+# Settings that change how fast a run trains, not what it learns: left out of the comparison.
+NOT_COMPARED = ("cache", "threads", "device")
+
+
+def run_settings(run_dir: Path) -> dict:
+    """What may tell a run from another: its features (namespace label and fingerprint) and its [train]
+    settings (config.json), but those that only change speed (NOT_COMPARED)."""
+    cache = _read(run_dir, "cache.json")
+    train = _read(run_dir, "config.json").get("train", {})
+    return {"features": settings_label(cache.get("settings", {})), "cache": str(cache.get("fingerprint", ""))[:8],
+            **{k: v for k, v in train.items() if k not in NOT_COMPARED}}
 
 
 def _namespace_fp(config: Config, prefix: str) -> str:

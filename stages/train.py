@@ -6,12 +6,15 @@
         split.json           the rule and the item keys of train / val / test
         groups.json          music-group settings, summary, and the keys of every shared-track group
         model.json           the ProjectorSpec (shapes) of the checkpoint
-        metrics.jsonl        one line per epoch: loss, lr, temperature, validation recall, seconds
+        metrics.jsonl        one line per epoch: train and val loss, lr, temperature, validation recall, seconds
         best.pt              the checkpoint with the best validation recall (weights-only loadable)
+        last.pt              the latest epoch's checkpoint plus the state `train --resume` continues from
         final_metrics.json   written last: best epoch, its validation metrics, why training stopped
+        curves.png           train/val loss, val recall and temperature per epoch
 
 Reads the cache only: no media file, no encoder. Seeded; on CPU the same command gives the
-same numbers. The test split is never read by the training loop.
+same numbers, and a run killed and resumed (`--resume RUN`) ends with the same weights as one
+that never stopped. The test split is never read by the training loop.
 """
 
 from __future__ import annotations
@@ -26,13 +29,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from mvbind.cache import CacheError, FeatureCache, Namespace
 from mvbind.pipeline.binding.checkpoint import save_checkpoint
 from mvbind.pipeline.binding.groups import MusicGroups
 from mvbind.pipeline.binding.loss import BindingLoss
 from mvbind.pipeline.binding.metrics import retrieval_ranks
 from mvbind.pipeline.binding.pairs import PairSet, load_pairs, select_namespace
 from mvbind.pipeline.binding.projector import BindingModel, ProjectorSpec, param_groups
-from mvbind.pipeline.binding.runs import RunError, claim_run_dir, run_name, write_json
+from mvbind.pipeline.binding.report import plot_curves
+from mvbind.pipeline.binding.resume import Progress, changed_settings, load_last, restore, training_state, trim_log
+from mvbind.pipeline.binding.runs import RunError, _read, claim_run_dir, find_run, run_name, write_json
 from mvbind.pipeline.binding.splits import Split
 from mvbind.pipeline.binding.training import (
     _inputs,
@@ -43,6 +49,7 @@ from mvbind.pipeline.binding.training import (
     relabel,
     skipped_note,
     train_epoch,
+    val_loss,
     val_summary,
 )
 from mvbind.pipeline.config import Config, to_dict
@@ -50,16 +57,24 @@ from mvbind.pipeline.console import say
 
 
 def train(config: Config, *, cache: str | None = None, name: str | None = None, overwrite: bool = False,
-          progress: bool = True, cli_options: dict | None = None,
+          progress: bool = True, cli_options: dict | None = None, resume: str | Path | None = None,
           notify: Callable[[str], None] = say) -> Path:
-    """Train the binding projector on one cache namespace; returns the run directory."""
+    """Train the binding projector on one cache namespace; returns the run directory.
+
+    `resume` (a run name or directory) continues that run from its last.pt instead of starting one.
+    """
     t = config.train
-    name = run_name(name)
-    run_dir = config.runs_dir / name
-    if run_dir.exists() and not overwrite:  # refuse before any work
-        raise RunError(f"{run_dir} already exists; choose another --name or pass --overwrite to replace it")
     prefix = cache if cache is not None else t.cache
-    ns = select_namespace(config.cache_dir, prefix, config, say=notify)
+    last = None
+    if resume is not None:
+        run_dir, ns, last = _resume_target(config, resume, prefix, name, overwrite)
+        name = run_dir.name
+    else:
+        name = run_name(name)
+        run_dir = config.runs_dir / name
+        if run_dir.exists() and not overwrite:  # refuse before any work
+            raise RunError(f"{run_dir} already exists; choose another --name or pass --overwrite to replace it")
+        ns = select_namespace(config.cache_dir, prefix, config, say=notify)
     pairs = load_pairs(ns, keep_clips=t.pooling == "attention")
     notify(f"cache {ns.fingerprint[:16]}: {len(pairs)} usable pairs")
     if note := skipped_note(pairs):
@@ -87,8 +102,17 @@ def train(config: Config, *, cache: str | None = None, name: str | None = None, 
         notify(f"warning: the val split has {counts['val']} items, so val {t.select_metric.upper()} is trivially "
                "perfect and cannot pick a checkpoint; use a smaller train.select_metric or a larger val split")
 
-    claim_run_dir(run_dir, overwrite)
     spec = ProjectorSpec.from_train_config(t, audio_shape=pairs.audio_shape, video_shape=pairs.video_shape)
+    if resume is not None:
+        _check_same_split(run_dir, pairs, split)
+        done = trim_log(run_dir / "metrics.jsonl", last["epoch"] if last else 0)
+        notify(f"resuming {name} after epoch {done}" if last else
+               f"resuming {name}: no epoch had finished, starting from the first")
+        with torch.random.fork_rng(devices=[]):
+            result = _fit(config, spec, pairs, groups, split, run_dir, progress, notify, last)
+        return _finish(config, run_dir, result, notify)
+
+    claim_run_dir(run_dir, overwrite)
     write_json(run_dir / "config.json", {**to_dict(config), "command": cli_options or {}, "run": name})
     write_json(run_dir / "cache.json", {
         "fingerprint": ns.fingerprint, "namespace": str(ns.root), "cache_dir": str(config.cache_dir),
@@ -106,7 +130,15 @@ def train(config: Config, *, cache: str | None = None, name: str | None = None, 
 
     with torch.random.fork_rng(devices=[]):
         result = _fit(config, spec, pairs, groups, split, run_dir, progress, notify)
+    return _finish(config, run_dir, result, notify)
+
+
+def _finish(config: Config, run_dir: Path, result: dict, notify: Callable[[str], None]) -> Path:
+    """final_metrics.json (the run is complete), the training curves, and the closing notice."""
+    t = config.train
     write_json(run_dir / "final_metrics.json", result)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    plot_curves(records, run_dir / "curves.png", select_metric=t.select_metric, title=run_dir.name)
     best = result["best_val"]
     notify(f"best epoch {result['best_epoch']}: val R@{t.select_metric[1:]} video->music "
            f"{best['video_to_music'][f'R@{t.select_metric[1:]}']:.3f}, music->video "
@@ -114,8 +146,51 @@ def train(config: Config, *, cache: str | None = None, name: str | None = None, 
     return run_dir
 
 
+def _resume_target(config: Config, resume: str | Path, prefix: str, name: str | None,
+                   overwrite: bool) -> tuple[Path, Namespace, dict | None]:
+    """The run to resume, its namespace and its last.pt; refuses (one line) what can't be continued exactly."""
+    if overwrite:
+        raise RunError("--resume continues a run and --overwrite replaces one; give one of them")
+    run_dir = find_run(config, resume)
+    if name is not None and name != run_dir.name:
+        raise RunError(f"--resume {resume} continues the run {run_dir.name}; leave out --name {name}")
+    if (run_dir / "final_metrics.json").exists():
+        raise RunError(f"{run_dir}: the run finished (final_metrics.json is written); nothing to resume; "
+                       "start a new run with --name")
+    changed = changed_settings(_read(run_dir, "config.json"), config)
+    if changed:
+        raise RunError(f"{run_dir}: settings differ from the run's ({'; '.join(changed)}); resume with the "
+                       f"settings in {run_dir / 'config.json'} or start a new run with --name")
+    recorded = _read(run_dir, "cache.json")
+    fingerprint = recorded["fingerprint"]
+    if prefix and not fingerprint.startswith(prefix):
+        raise RunError(f"{run_dir}: the run was trained on cache {fingerprint[:16]}, not on --cache {prefix}; "
+                       "leave out --cache to resume on the run's own namespace")
+    ns = None
+    for where in (config.cache_dir, Path(recorded.get("cache_dir", config.cache_dir))):
+        try:
+            ns = FeatureCache(where).find(fingerprint)
+            break
+        except CacheError:
+            continue
+    if ns is None:
+        raise RunError(f"{run_dir}: its cache namespace {fingerprint[:16]} is not in {config.cache_dir} or "
+                       f"{recorded.get('cache_dir')}; point paths.cache at the cache the run was trained on")
+    return run_dir, ns, load_last(run_dir / "last.pt")
+
+
+def _check_same_split(run_dir: Path, pairs: PairSet, split: Split) -> None:
+    """A resumed run must see the very items it started with: the cache must not have changed since."""
+    recorded = _read(run_dir, "split.json")
+    for part in ("train", "val", "test"):
+        now = pairs.keys[split.indices(part)].tolist()
+        if now != recorded.get(part):
+            raise RunError(f"{run_dir}: the {part} split now has {len(now)} items, the run started with "
+                           f"{len(recorded.get(part, []))} (the cache namespace changed); start a new run with --name")
+
+
 def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroups, split: Split, run_dir: Path,
-         progress: bool, notify: Callable[[str], None]) -> dict:
+         progress: bool, notify: Callable[[str], None], last: dict | None = None) -> dict:
     t = config.train
     ks = tuple(config.eval.ks)
     select_k = int(t.select_metric[1:])
@@ -148,11 +223,18 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
         def schedule(i: int) -> float:
             return lr_at(i, base=t.lr, floor=t.min_lr, warmup=warmup, total=total)
 
-        best_score, best_epoch, best_val, bad, step = -1.0, 0, None, 0, 0
-        stop_reason = f"ran all {t.epochs} epochs"
+        start = restore(last, model, opt, gen, device) if last is not None else Progress()
+        resumed_at = start.resumed_at + [start.epoch] if last is not None else []
+        best_score, best_epoch, best_val, bad, step = (start.best_score, start.best_epoch, start.best_val, start.bad,
+                                                       start.step)
+        early_stop = f"early stop: no better val R@{select_k} for {t.patience} epochs"
+        stopped = bool(t.patience and bad >= t.patience)  # killed after its last checkpoint, before the end
+        stop_reason = early_stop if stopped else f"ran all {t.epochs} epochs"
         log_path = run_dir / "metrics.jsonl"
+        val_groups_t = torch.from_numpy(val_groups).to(device)
         t_start = time.perf_counter()
-        for epoch in range(1, t.epochs + 1):
+        epoch = start.epoch
+        for epoch in range(t.epochs + 1 if stopped else start.epoch + 1, t.epochs + 1):
             t_epoch = time.perf_counter()
             bar = tqdm(total=steps, desc=f"epoch {epoch}/{t.epochs}", unit="step", disable=not progress,
                        leave=True, dynamic_ncols=True, file=sys.stderr)
@@ -168,12 +250,13 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
             ve, ae = encode(model, vv.to(device), va.to(device))
             r_v2m, r_m2v = retrieval_ranks(ve.cpu(), ae.cpu(), val_groups, chunk_mb=config.eval.chunk_mb)
             val = val_summary(r_v2m, r_m2v, ks)
+            v_loss = val_loss(loss_fn, ve, ae, model.logit_scale.detach().exp(), val_groups_t, batch_size=bs)
             score = (val["video_to_music"][f"R@{select_k}"] + val["music_to_video"][f"R@{select_k}"]) / 2
             improved = score > best_score
             if progress:
                 bar.set_postfix_str(f"loss {mean_loss:.4f} val R@{select_k} {score:.3f}{' *' if improved else ''}")
                 bar.close()
-            record = {"epoch": epoch, "step": step, "train_loss": mean_loss, "lr": lr,
+            record = {"epoch": epoch, "step": step, "train_loss": mean_loss, "val_loss": v_loss, "lr": lr,
                       "logit_scale": float(model.logit_scale.detach().exp()), "val": val,
                       f"val_r{select_k}_mean": score,
                       "improved": improved, "train_seconds": round(train_seconds, 4),
@@ -186,14 +269,20 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
                                 metrics={"val": val, "select": t.select_metric, "score": score})
             else:
                 bad += 1
-                if t.patience and bad >= t.patience:
-                    stop_reason = f"early stop: no better val R@{select_k} for {t.patience} epochs"
-                    break
+            now = Progress(epoch, step, best_score, best_epoch, best_val, bad,
+                           start.seconds + time.perf_counter() - t_start, resumed_at)
+            save_checkpoint(run_dir / "last.pt", model, fingerprint=pairs.fingerprint, epoch=epoch,
+                            metrics={"val": val, "select": t.select_metric, "score": score},
+                            training=training_state(now, opt, gen, device))
+            if t.patience and bad >= t.patience:
+                stop_reason = early_stop
+                break
         return {"run": run_dir.name, "fingerprint": pairs.fingerprint, "best_epoch": best_epoch,
                 "best_val": best_val, "select_metric": t.select_metric, "best_score": best_score,
                 "epochs_run": epoch, "steps": step, "stop_reason": stop_reason,
                 "logit_scale": float(model.logit_scale.detach().exp()),
                 "pairs": {"train": int(n), "val": int(len(val_idx)), "test": int(len(split.indices("test")))},
-                "seconds": round(time.perf_counter() - t_start, 3)}
+                "resumed_after_epochs": resumed_at,
+                "seconds": round(start.seconds + time.perf_counter() - t_start, 3)}
     finally:
         torch.set_num_threads(threads_before)

@@ -73,7 +73,7 @@ def trained(home, planted):
 
 def test_train_writes_a_complete_run_dir(trained, planted):
     for name in ("config.json", "cache.json", "split.json", "groups.json", "model.json", "metrics.jsonl",
-                 "best.pt", "final_metrics.json"):
+                 "best.pt", "last.pt", "final_metrics.json", "curves.png"):
         assert (trained / name).is_file(), name
     cache = json.loads((trained / "cache.json").read_text())
     assert cache["fingerprint"] == planted.fingerprint
@@ -89,9 +89,28 @@ def test_train_writes_a_complete_run_dir(trained, planted):
     epochs = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     final = json.loads((trained / "final_metrics.json").read_text())
     assert len(epochs) == final["epochs_run"] and epochs[final["best_epoch"] - 1]["improved"]
-    assert {"train_loss", "lr", "logit_scale", "val"} <= set(epochs[0])
+    assert {"train_loss", "val_loss", "lr", "logit_scale", "val"} <= set(epochs[0])
+    assert all(0 < e["val_loss"] < 10 for e in epochs)  # every epoch, a real number
+    assert epochs[-1]["val_loss"] < epochs[0]["val_loss"]  # it learns what generalises
     ck = torch.load(trained / "best.pt", weights_only=True)
     assert ck["fingerprint"] == planted.fingerprint and ck["epoch"] == final["best_epoch"]
+    last = torch.load(trained / "last.pt", weights_only=True)
+    assert last["epoch"] == final["epochs_run"] and last["training"]["progress"]["best_epoch"] == final["best_epoch"]
+    assert (trained / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curve_legends_never_cover_a_curve(trained):
+    from mvbind.pipeline.binding.report import curves_figure
+
+    epochs = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    fig = curves_figure(epochs, select_metric="r10")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert len(fig.axes) == 3
+    for ax in fig.axes:
+        legend, box = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert legend.x0 >= box.x1  # right of the panel, outside it
+        assert len(ax.get_legend().get_texts()) == len([line for line in ax.get_lines() if line.get_label()[0] != "_"])
 
 
 def test_trained_projector_beats_chance_and_raw_cosine_on_test(trained, home, capsys):
@@ -117,6 +136,19 @@ def test_namespace_falls_back_to_the_only_one_without_encoder(home, planted):
     notes = []
     ns = select_namespace(home / "cache", "", config(home), say=notes.append)
     assert ns.fingerprint == planted.fingerprint and "the only one" in notes[0]
+    assert notes == [f"using cache namespace {planted.fingerprint[:16]} (planted), the only one in {home / 'cache'}"]
+
+
+def test_several_namespaces_are_listed_in_one_line(home, planted, capsys):
+    # The default config names ImageBind, whose weights are missing: no word about them, just the choices.
+    other = write_planted(home / "cache-two", 50, seed=5)
+    shutil.copytree(planted.root, home / "cache-two" / planted.root.name)
+    capsys.readouterr()
+    assert cli_main(["train", "--quiet", "--name", "which", *options(home, "cache-two")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: 2 cache namespaces in")
+    assert f"{planted.fingerprint[:16]} (planted)" in lines[0] and f"{other.fingerprint[:16]} (planted)" in lines[0]
+    assert "--cache PREFIX" in lines[0] and "weights" not in lines[0]
 
 
 def test_baselines_need_no_run(home, planted):
@@ -148,6 +180,28 @@ def test_same_command_gives_same_numbers(home):
     assert "pools.video.query" in a  # attention pooling was trained
     _, metrics = evaluate(config(home, "cache-small"), ["det-a"], name="det-eval", baselines=False)
     assert metrics["rows"][0]["video_to_music"]["R@50"] > 0
+
+
+def test_eval_table_shows_the_settings_that_differ(home, capsys):
+    ns = small_cache(home, "cache-small")
+    base = ["--cache", ns.fingerprint[:8], "--quiet", "--epochs", "1"]
+    assert cli_main(["train", "--name", "cmp-a", *base, *options(home, "cache-small", "train.batch_size=64")]) == 0
+    assert cli_main(["train", "--name", "cmp-b", *base, "--lr", "0.002",
+                     *options(home, "cache-small", "train.batch_size=64", "train.embed_dim=16",
+                              "train.projector=linear")]) == 0
+    capsys.readouterr()
+    assert cli_main(["eval", "cmp-a", "cmp-b", "--name", "cmp", *options(home, "cache-small")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("| method | settings | direction |")
+    assert "| cmp-a | projector=mlp, embed_dim=32, lr=0.001 | video→music |" in printed
+    assert "| cmp-b | projector=linear, embed_dim=16, lr=0.002 | music→video |" in printed
+    assert "| chance |  | video→music |" in printed
+    rows = json.loads((home / "runs" / "_evals" / "cmp" / "metrics.json").read_text())["rows"]
+    assert rows[1]["settings"] == {"projector": "linear", "embed_dim": 16, "lr": 0.002}
+    assert (home / "runs" / "_evals" / "cmp" / "table.md").read_text().count("projector=linear") == 2
+    capsys.readouterr()
+    assert cli_main(["eval", "cmp-a", "--name", "cmp-one", *options(home, "cache-small")]) == 0
+    assert "settings" not in capsys.readouterr().out  # one run: nothing to tell apart
 
 
 def test_existing_run_dir_is_refused_unless_overwrite(home, capsys):

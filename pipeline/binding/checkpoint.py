@@ -1,5 +1,8 @@
 """Projector checkpoints: plain tensors and primitives only, so `torch.load(weights_only=True)` reads them.
 
+best.pt holds the weights of the best validation epoch; last.pt those of the latest epoch plus the
+training state a resumed run continues from (`binding.resume`). Both load with `load_checkpoint`.
+
 A checkpoint records the cache fingerprint it was trained on and the `ProjectorSpec` that
 shapes the model. Loading refuses, in one line, a checkpoint from another fingerprint, one
 whose input sizes differ from the cache's, or one whose tensors don't fit its spec.
@@ -24,20 +27,31 @@ class CheckpointError(MvbindError):
     """A checkpoint can't be used here."""
 
 
-def save_checkpoint(path: Path, model: BindingModel, *, fingerprint: str, epoch: int, metrics: dict) -> None:
-    """Write atomically (temp file, then rename)."""
+def save_checkpoint(path: Path, model: BindingModel, *, fingerprint: str, epoch: int, metrics: dict,
+                    training: dict | None = None) -> None:
+    """Write atomically (temp file, fsync, rename): a kill leaves the previous file or the new one, whole.
+
+    `training` (last.pt only) is the state a resumed run continues from (`binding.resume`).
+    """
     path = Path(path)
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch.save({"format": FORMAT, "version": VERSION, "fingerprint": fingerprint, "spec": model.spec.to_dict(),
-                "epoch": int(epoch), "metrics": metrics, "state_dict": state}, tmp)
-    os.replace(tmp, path)
+    ck = {"format": FORMAT, "version": VERSION, "fingerprint": fingerprint, "spec": model.spec.to_dict(),
+          "epoch": int(epoch), "metrics": metrics, "state_dict": state}
+    if training is not None:
+        ck["training"] = training
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ck, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path, *, fingerprint: str | None = None, audio_shape: tuple[int, int] | None = None,
-                    video_shape: tuple[int, int] | None = None,
-                    spec: ProjectorSpec | None = None) -> tuple[BindingModel, dict]:
-    """The model (eval mode, CPU) and the checkpoint's metadata; refuses mismatches in one line."""
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint's contents, read weights-only; refuses another format or version in one line."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; train a run first (`mvbind train`)")
@@ -52,6 +66,15 @@ def load_checkpoint(path: Path, *, fingerprint: str | None = None, audio_shape: 
     if ck.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {ck.get('version')}, this mvbind reads version {VERSION}; "
                               "retrain")
+    return ck
+
+
+def load_checkpoint(path: Path, *, fingerprint: str | None = None, audio_shape: tuple[int, int] | None = None,
+                    video_shape: tuple[int, int] | None = None,
+                    spec: ProjectorSpec | None = None) -> tuple[BindingModel, dict]:
+    """The model (eval mode, CPU) and the checkpoint's metadata; refuses mismatches in one line."""
+    path = Path(path)
+    ck = read_checkpoint(path)
     if fingerprint is not None and ck["fingerprint"] != fingerprint:
         raise CheckpointError(f"{path}: trained on cache {ck['fingerprint'][:16]}, not on {fingerprint[:16]}; "
                               "evaluate it on its own cache namespace or retrain on this one")
@@ -80,5 +103,5 @@ def load_checkpoint(path: Path, *, fingerprint: str | None = None, audio_shape: 
                                   f"{list(v.shape)} for its spec")
     model.load_state_dict(given)
     model.eval()
-    meta = {k: v for k, v in ck.items() if k != "state_dict"}
+    meta = {k: v for k, v in ck.items() if k not in ("state_dict", "training")}
     return model, meta

@@ -1,11 +1,12 @@
 """Stage two's view of a cache namespace: the usable (video, music) pairs, pooled and checked.
 
-`select_namespace` picks the namespace: an explicit fingerprint prefix, else the one that
-this config's extractor settings name (`pipeline.encoders.extractor_settings`, imported
-lazily; with pretrained weights that needs the weights file), else the only namespace there
-is. `load_pairs` drops items without audio or video (and says how many), refuses non-finite
-embeddings (naming the shard file and row), orders items by key (so nothing depends on shard
-file names) and mean-pools both modalities once. Nothing here opens a media file or a model.
+`select_namespace` picks the namespace: an explicit fingerprint prefix, else the only namespace
+there is, else the one that this config's extractor settings name
+(`pipeline.encoders.extractor_settings`, imported lazily; with pretrained weights that needs the
+weights file), else it lists the choices in one line. `load_pairs` drops items without audio or
+video (and says how many), refuses non-finite embeddings (naming the shard file and row), orders
+items by key (so nothing depends on shard file names) and mean-pools both modalities once.
+Nothing here opens a media file or a model.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mvbind.cache import CacheError, FeatureCache, Features, Namespace
+from mvbind.cache import CacheError, FeatureCache, Features, Namespace, fingerprint
 from mvbind.errors import MvbindError
 from mvbind.pipeline.binding.pooling import mean_pool
 
@@ -62,42 +63,43 @@ class PairSet:
 
 def select_namespace(cache_dir: Path, prefix: str = "", config=None,
                      say: Callable[[str], None] = lambda s: None) -> Namespace:
-    """The namespace to read: by fingerprint prefix, else by the config's extractor settings,
-    else the only one in the cache directory."""
+    """The namespace to read: by fingerprint prefix; else the only one in the cache directory (without
+    deriving the settings' namespace, which for ImageBind would hash or miss the weights file); else the one
+    this config's extractor settings name; else a one-line error listing the choices."""
     cache = FeatureCache(cache_dir)
     if prefix:
         return cache.find(prefix)
-    reason = "no config given"
-    if config is not None:
-        try:
-            from mvbind.pipeline.encoders.base import extractor_settings
-        except ImportError as err:
-            reason = f"extractor settings unavailable ({err})"
-        else:
-            try:
-                settings = extractor_settings(config, download=False, progress=False)
-            except MvbindError as err:
-                reason = str(err)
-            except Exception as err:  # noqa: BLE001 - fall back to the only namespace, but say why
-                reason = f"{type(err).__name__}: {err}"
-            else:
-                try:
-                    return cache.get(settings)
-                except CacheError as err:
-                    known = ", ".join(ns.fingerprint[:16] for ns in cache.namespaces())
-                    if known:
-                        raise CacheError(f"{err} (namespaces there: {known}; pick one with --cache PREFIX)") from None
-                    raise
     found = cache.namespaces()
-    if len(found) == 1:
-        say(f"using cache namespace {found[0].fingerprint[:16]}, the only one in {cache_dir} "
-            f"(not derived from the settings: {reason})")
-        return found[0]
     if not found:
-        raise CacheError(f"no cache namespaces in {cache_dir}; run `mvbind extract` first or check paths.cache")
-    known = ", ".join(ns.fingerprint[:16] for ns in found)
-    raise CacheError(f"{len(found)} cache namespaces in {cache_dir} ({known}) and the settings can't pick one "
-                     f"({reason}); choose with --cache PREFIX")
+        raise CacheError(f"no cache namespaces in {cache_dir}; run `mvbind extract` (or `mvbind import-features`) "
+                         "first, or check paths.cache")
+    if len(found) == 1:
+        say(f"using cache namespace {found[0].fingerprint[:16]} ({found[0].label}), the only one in {cache_dir}")
+        return found[0]
+    why = "pipeline.toml's encoder settings name none of them"
+    settings = _settings_of(config)
+    if settings is not None:
+        fp = fingerprint(settings)
+        for ns in found:
+            if ns.fingerprint == fp:
+                say(f"using cache namespace {fp[:16]} ({ns.label}), the one of pipeline.toml's encoder settings")
+                return ns
+        why = f"pipeline.toml's encoder settings name {fp[:16]}, which is not there"
+    choices = ", ".join(f"{ns.fingerprint[:16]} ({ns.label})" for ns in found)
+    raise CacheError(f"{len(found)} cache namespaces in {cache_dir} and {why}; choose one with --cache PREFIX: "
+                     f"{choices}")
+
+
+def _settings_of(config) -> dict | None:
+    """The config's extractor settings, or None when they can't be had without a download or an encoder."""
+    if config is None:
+        return None
+    try:
+        from mvbind.pipeline.encoders.base import extractor_settings
+
+        return extractor_settings(config, download=False, progress=False)
+    except Exception:  # noqa: BLE001 - missing weights, an encoder's libraries absent: list the choices instead
+        return None
 
 
 def load_pairs(ns: Namespace, *, keep_clips: bool = False) -> PairSet:

@@ -49,6 +49,18 @@ def encode(model: BindingModel, video, audio, *, batch: int = 8192) -> tuple[tor
     return torch.cat(vs), torch.cat(as_)
 
 
+def val_loss(loss_fn: BindingLoss, video: torch.Tensor, audio: torch.Tensor, logit_scale: torch.Tensor,
+             groups: torch.Tensor, *, batch_size: int) -> float:
+    """The training loss on held-out embeddings, averaged over consecutive batches of the training batch size,
+    so it compares with the train loss (the same number of negatives per item). A remainder shorter than a
+    batch is left out, unless it is all there is."""
+    size = min(batch_size, len(video))
+    with torch.no_grad():
+        losses = [loss_fn(video[s:s + size], audio[s:s + size], logit_scale, groups[s:s + size])
+                  for s in range(0, len(video) - size + 1, size)]
+    return float(torch.stack(losses).mean()) if losses else float("nan")
+
+
 def val_summary(v2m: np.ndarray, m2v: np.ndarray, ks) -> dict:
     return {"video_to_music": summarize(v2m, ks), "music_to_video": summarize(m2v, ks)}
 

@@ -160,7 +160,7 @@ class TrainConfig:
     # early stopping on validation recall (with groups)
     select_metric: str = "r10"  # mean of video->music and music->video Recall@K
     patience: int = 5  # epochs without improvement before stopping; 0 = run all epochs
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    threads: int = 1  # torch CPU threads (0 = torch's default); 1 was fastest on a shared 2-core machine (bench)
     device: str = "cpu"  # cpu | cuda | cuda:N (repeatable numbers are promised on CPU only)
 
 

@@ -1,0 +1,137 @@
+"""`train --resume`: a run killed with SIGKILL and resumed ends bit for bit where an uninterrupted run ends.
+
+The killed run is a real `python -m mvbind train` process, killed once its metrics.jsonl shows a few
+epochs; the resumed run and the reference run use the same settings (one thread, dropout on, so the
+random states matter). Everything reads a planted cache (tests/planted.py) in a temp dir.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mvbind.cli import main as cli_main
+from tests.planted import write_planted
+
+EPOCHS = 20
+SETTINGS = ["train.hidden_dim=256", "train.embed_dim=32", "train.batch_size=128", "train.threads=1",
+            "train.patience=0", "train.dropout=0.2", "eval.chunk_mb=16"]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MVBIND_HOME", str(root / "home"))  # no weights file anywhere
+    ns = write_planted(root / "cache", 1500, noise=2.0, jitter=0.6, shared_fraction=0.15, seed=3, shard_size=500)
+    yield root, ns
+    mp.undo()
+
+
+def args(root, ns, *extra):
+    sets = [f"paths.cache={root / 'cache'}", f"paths.runs={root / 'runs'}", *SETTINGS, *extra]
+    flags = [x for s in sets for x in ("--set", s)]
+    return ["--cache", ns.fingerprint[:10], "--quiet", "--epochs", str(EPOCHS), *flags]
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_time(d: dict) -> dict:
+    return {k: v for k, v in d.items() if "seconds" not in k and k not in ("resumed_after_epochs", "run")}
+
+
+def kill_after(cmd: list[str], log, epochs: int, env: dict) -> None:
+    """Start `cmd`, SIGKILL it as soon as `log` holds `epochs` lines."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            if log.exists() and log.read_text().count("\n") >= epochs:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(0.005)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_killed_run_resumes_to_the_same_weights(home, capsys):
+    root, ns = home
+    runs = root / "runs"
+    assert cli_main(["train", "--name", "whole", *args(root, ns)]) == 0
+
+    killed = runs / "killed"
+    env = {**os.environ, "MVBIND_HOME": str(root / "home")}
+    kill_after([sys.executable, "-m", "mvbind", "train", "--name", "killed", *args(root, ns)],
+               killed / "metrics.jsonl", 3, env)
+    assert not (killed / "final_metrics.json").exists()
+    stopped_at = torch.load(killed / "last.pt", weights_only=True)["epoch"]
+    assert 2 <= stopped_at < EPOCHS
+    with open(killed / "metrics.jsonl", "a") as f:  # what a kill in the middle of a write leaves
+        f.write('{"epoch": 99, "train_lo')
+    capsys.readouterr()
+
+    # other settings than the run's: refused in one line, nothing touched
+    before = (killed / "metrics.jsonl").read_bytes()
+    assert cli_main(["train", "--resume", "killed", *args(root, ns, "train.lr=0.002")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.lr 0.001 → 0.002" in err[0] and "config.json" in err[0]
+    assert (killed / "metrics.jsonl").read_bytes() == before
+
+    assert cli_main(["train", "--resume", "killed", *args(root, ns)]) == 0
+    assert f"resuming killed after epoch {stopped_at}" in capsys.readouterr().err
+
+    for name in ("best.pt", "last.pt"):
+        a = torch.load(runs / "whole" / name, weights_only=True)
+        b = torch.load(killed / name, weights_only=True)
+        assert a["epoch"] == b["epoch"] and a["state_dict"].keys() == b["state_dict"].keys()
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), name
+    last_a = torch.load(runs / "whole" / "last.pt", weights_only=True)["training"]
+    last_b = torch.load(killed / "last.pt", weights_only=True)["training"]
+    moments = [(s, k) for s in last_a["optimizer"]["state"] for k in last_a["optimizer"]["state"][s]]
+    assert moments and all(torch.equal(last_a["optimizer"]["state"][s][k], last_b["optimizer"]["state"][s][k])
+                           for s, k in moments)
+    assert all(torch.equal(last_a["rng"][k], last_b["rng"][k]) for k in ("torch", "batch_order"))
+
+    whole, resumed = records(runs / "whole"), records(killed)
+    assert [r["epoch"] for r in resumed] == list(range(1, EPOCHS + 1))  # continued, no epoch twice
+    assert [without_time(r) for r in resumed] == [without_time(r) for r in whole]
+    final_a = json.loads((runs / "whole" / "final_metrics.json").read_text())
+    final_b = json.loads((killed / "final_metrics.json").read_text())
+    assert without_time(final_a) == without_time(final_b) and final_b["resumed_after_epochs"] == [stopped_at]
+    assert final_a["epochs_run"] == EPOCHS and (killed / "curves.png").is_file()
+
+    # a finished run is not resumed again
+    assert cli_main(["train", "--resume", "killed", *args(root, ns)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the run finished" in err[0]
+
+
+def test_resume_before_the_first_epoch_ended_starts_over(home, capsys):
+    # A run killed before any last.pt: the run directory exists (settings, split), no epoch is kept.
+    root, ns = home
+    runs = root / "runs"
+    short = args(root, ns)
+    short[short.index("--epochs") + 1] = "2"
+    assert cli_main(["train", "--name", "early", *short]) == 0
+    assert cli_main(["train", "--name", "early-ref", *short]) == 0
+    for name in ("last.pt", "best.pt", "final_metrics.json"):
+        (runs / "early" / name).unlink()
+    (runs / "early" / "metrics.jsonl").write_text('{"epoch": 1, "step"')
+    capsys.readouterr()
+    assert cli_main(["train", "--resume", str(runs / "early"), "--overwrite", *short]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert cli_main(["train", "--resume", str(runs / "early"), *short]) == 0
+    assert "no epoch had finished" in capsys.readouterr().err
+    assert [r["epoch"] for r in records(runs / "early")] == [1, 2]
+    a = torch.load(runs / "early" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(runs / "early-ref" / "last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
