@@ -10,12 +10,15 @@ and the same with the roles swapped for music→video. Ties are counted against 
 negative that scores exactly as high as the best positive ranks above it), so a constant
 scorer gets the worst rank, not the best.
 
-`retrieval_ranks` never holds the n x n similarity matrix: one matmul per block of query rows
-gives both directions (a row block's columns are all music; the column counts are summed over
-blocks). Items are first sorted by group so each group is a contiguous range; its members are
-then removed from the counts by slicing the same block, so a positive is never compared
-against a differently rounded copy of itself. Counting uses packed byte sums (eight comparison
-bytes per int64 add), which makes it cheap next to the matmul.
+`retrieval_ranks` never holds the n x n similarity matrix, nor sorts anything: a query's rank is
+one plus the number of negatives scoring at least its best positive, counted right after the
+matmul of each tile (a block of query rows x a block of gallery columns, a few MB, so it is
+still in cache when compared: comparing a 256 MB block after the fact was memory-bound and cost
+60 % of the matmul at 100k). One tile gives both directions (row counts for video→music, column
+counts for music→video). Items are first sorted by group so each group is a contiguous range;
+tiles never cut a group smaller than a tile, and its members are removed from the counts by
+slicing the same tile, so a positive is never compared against a differently rounded copy of
+itself. Counting uses packed byte sums (eight comparison bytes per int64 add).
 """
 
 from __future__ import annotations
@@ -28,16 +31,19 @@ from torch import Tensor
 
 DEFAULT_KS = (1, 5, 10, 25, 50)
 _LANES = 255  # int64 words summed before a byte lane could overflow
+TILE_ROWS = 256  # query rows per tile
+TILE_COLS = 8 * _LANES * 2  # gallery columns per tile (4080: a 256-row tile of scores is 4 MB)
 
 
 def retrieval_ranks(video, audio, groups=None, *, chunk_mb: float = 256, chunk_rows: int | None = None,
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    chunk_cols: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Ranks (1 = best) of each item's music among all music for its video (video→music), and
     of its video among all videos for its music (music→video).
 
     video, audio: (n, d) arrays or tensors, row-aligned (compared by dot product: normalise
     first for cosine). groups: (n,) integer labels or None (every item its own group).
-    Memory: the inputs, a sorted float32 copy of each side, and one block of about `chunk_mb` MB.
+    Memory: the inputs, a sorted float32 copy of each side, and one tile of at most `chunk_mb` MB
+    (`chunk_rows` x `chunk_cols` scores; the defaults are cache-sized, tests pass small ones).
     """
     q = torch.as_tensor(np.asarray(video) if not isinstance(video, Tensor) else video).float()
     g = torch.as_tensor(np.asarray(audio) if not isinstance(audio, Tensor) else audio).float()
@@ -60,56 +66,83 @@ def retrieval_ranks(video, audio, groups=None, *, chunk_mb: float = 256, chunk_r
     g = g.index_select(0, order_t).contiguous()
 
     best_row, best_col = _group_best(q, g, starts, sizes)
-    if chunk_rows is None:
-        per_row = n * 4 + _padded(n)  # float32 scores + one comparison byte per score
-        chunk_rows = int(max(1, min(n, chunk_mb * 2**20 // per_row)))
-    chunk_rows = max(1, min(n, int(chunk_rows)))
+    rows = min(n, int(chunk_rows) if chunk_rows else TILE_ROWS)
+    cols = min(n, max(rows, int(chunk_cols) if chunk_cols else TILE_COLS))  # >= rows: see _tile_members
+    per_row = cols * 4 + _padded(cols)  # float32 scores + one comparison byte per score
+    if chunk_rows is None and rows * per_row > chunk_mb * 2**20:
+        rows = int(max(1, chunk_mb * 2**20 // per_row))
+    rows = max(1, rows)
 
     row_cnt = torch.zeros(n, dtype=torch.int64)
     col_cnt = torch.zeros(n, dtype=torch.int64)
     gt = g.T.contiguous()
     del g
-    scores = torch.empty(chunk_rows, n)
-    mask = torch.zeros(chunk_rows, _padded(n), dtype=torch.bool)  # padding stays False
-    single = sizes == 1
-    single_pos = starts[single]
-    multi_starts = {int(s): starts[sizes == s] for s in np.unique(sizes[~single]).tolist()}
-
-    for r0, r1, big in _blocks(n, chunk_rows, starts, sizes):
+    scores = torch.empty(rows, cols)
+    mask = torch.zeros(rows, _padded(cols), dtype=torch.bool)  # padding stays False
+    col_blocks = list(_blocks(n, cols, starts, sizes))
+    members = _Members(starts, sizes)
+    written = 0  # columns of `mask` that may hold True; past a tile's width it must be False for the packed counts
+    for r0, r1, big in _blocks(n, rows, starts, sizes):
         m = r1 - r0
-        s = torch.mm(q[r0:r1], gt, out=scores[:m])
-        msk = mask[:m]
-        torch.ge(s, best_row[r0:r1, None], out=msk[:, :n])
-        row_cnt[r0:r1] += _count_rows(msk)
-        torch.ge(s, best_col[None, :], out=msk[:, :n])
-        col_cnt += _count_cols(msk)[:n]
-        # members of the query's own group are positives, not competitors: take them out again
-        if big is not None:  # rows r0:r1 all belong to one group larger than a block
-            a, size = big
-            blk = s[:, a:a + size]
-            row_cnt[r0:r1] -= (blk >= best_row[r0:r1, None]).sum(1)
-            col_cnt[a:a + size] -= (blk >= best_col[None, a:a + size]).sum(0)
-            continue
-        lo, hi = np.searchsorted(single_pos, [r0, r1])
-        if hi > lo:
-            i = torch.from_numpy(single_pos[lo:hi])
-            diag = s[i - r0, i]
-            row_cnt[i] -= (diag >= best_row[i]).long()
-            col_cnt[i] -= (diag >= best_col[i]).long()
-        for size, st_all in multi_starts.items():
-            lo, hi = np.searchsorted(st_all, [r0, r1])
-            if hi <= lo:
-                continue
-            idx = torch.from_numpy(st_all[lo:hi])[:, None] + torch.arange(size)[None, :]  # (G, size)
-            blk = s[(idx - r0)[:, :, None], idx[:, None, :]]  # (G, size, size): each group's own block
-            flat = idx.reshape(-1)
-            row_cnt[flat] -= (blk >= best_row[idx][:, :, None]).sum(2).reshape(-1)
-            col_cnt[flat] -= (blk >= best_col[idx][:, None, :]).sum(1).reshape(-1)
+        qb, brow = q[r0:r1], best_row[r0:r1, None]
+        for c0, c1, _ in col_blocks:
+            w = c1 - c0
+            s = torch.mm(qb, gt[:, c0:c1], out=scores[:m, :w])
+            msk = mask[:m]
+            if written > w:
+                mask[:, w:written] = False
+            written = w
+            torch.ge(s, brow, out=msk[:, :w])
+            row_cnt[r0:r1] += _count_rows(msk)
+            torch.ge(s, best_col[None, c0:c1], out=msk[:, :w])
+            col_cnt[c0:c1] += _count_cols(msk)[:w]
+            members.remove(s, r0, r1, c0, c1, big, best_row, best_col, row_cnt, col_cnt)
     rank_v2m = np.empty(n, np.int64)
     rank_m2v = np.empty(n, np.int64)
     rank_v2m[order] = (row_cnt + 1).numpy()
     rank_m2v[order] = (col_cnt + 1).numpy()
     return rank_v2m, rank_m2v
+
+
+class _Members:
+    """Takes a tile's own-group comparisons back out of the counts: members of a query's group
+    are positives, not competitors. Groups are contiguous ranges; a tile cuts only a group larger
+    than its row count (then its rows all belong to that group: `big`), and columns are at least
+    as many as rows, so any other group is wholly inside or wholly outside the tile."""
+
+    def __init__(self, starts: np.ndarray, sizes: np.ndarray):
+        single = sizes == 1
+        self.single_pos = starts[single]
+        self.multi_starts = {int(s): starts[sizes == s] for s in np.unique(sizes[~single]).tolist()}
+
+    def remove(self, s: Tensor, r0: int, r1: int, c0: int, c1: int, big: tuple[int, int] | None,
+               best_row: Tensor, best_col: Tensor, row_cnt: Tensor, col_cnt: Tensor) -> None:
+        if big is not None:  # rows r0:r1 all belong to one group larger than a row block
+            a, size = big
+            lo, hi = max(a, c0), min(a + size, c1)
+            if hi > lo:
+                blk = s[:, lo - c0:hi - c0]
+                row_cnt[r0:r1] -= (blk >= best_row[r0:r1, None]).sum(1)
+                col_cnt[lo:hi] -= (blk >= best_col[None, lo:hi]).sum(0)
+            return
+        lo, hi = max(r0, c0), min(r1, c1)  # groups starting here lie wholly in both ranges
+        if hi <= lo:
+            return
+        a, b = np.searchsorted(self.single_pos, [lo, hi])
+        if b > a:
+            i = torch.from_numpy(self.single_pos[a:b])
+            diag = s[i - r0, i - c0]
+            row_cnt[i] -= (diag >= best_row[i]).long()
+            col_cnt[i] -= (diag >= best_col[i]).long()
+        for size, st_all in self.multi_starts.items():
+            a, b = np.searchsorted(st_all, [lo, hi])
+            if b <= a:
+                continue
+            idx = torch.from_numpy(st_all[a:b])[:, None] + torch.arange(size)[None, :]  # (G, size)
+            blk = s[(idx - r0)[:, :, None], (idx - c0)[:, None, :]]  # (G, size, size): each group's own block
+            flat = idx.reshape(-1)
+            row_cnt[flat] -= (blk >= best_row[idx][:, :, None]).sum(2).reshape(-1)
+            col_cnt[flat] -= (blk >= best_col[idx][:, None, :]).sum(1).reshape(-1)
 
 
 def _padded(n: int) -> int:
