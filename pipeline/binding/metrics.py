@@ -12,13 +12,13 @@ scorer gets the worst rank, not the best.
 
 `retrieval_ranks` never holds the n x n similarity matrix, nor sorts anything: a query's rank is
 one plus the number of negatives scoring at least its best positive, counted right after the
-matmul of each tile (a block of query rows x a block of gallery columns, a few MB, so it is
-still in cache when compared: comparing a 256 MB block after the fact was memory-bound and cost
-60 % of the matmul at 100k). One tile gives both directions (row counts for video→music, column
-counts for music→video). Items are first sorted by group so each group is a contiguous range;
-tiles never cut a group smaller than a tile, and its members are removed from the counts by
-slicing the same tile, so a positive is never compared against a differently rounded copy of
-itself. Counting uses packed byte sums (eight comparison bytes per int64 add).
+matmul of each tile (a block of query rows x a block of gallery columns, 32 MB, so it is still
+in cache). One compiled pass over a tile counts both directions (row counts for
+video→music, column counts for music→video): comparing a 256 MB block with torch afterwards
+took four memory passes (two comparisons writing masks, two counts) and cost 60 % of the matmul
+at 100k items. Items are first sorted by group so each group is a contiguous range; tiles never
+cut a group smaller than a tile, and its members are removed from the counts by slicing the
+same tile, so a positive is never compared against a differently rounded copy of itself.
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ import torch
 from torch import Tensor
 
 DEFAULT_KS = (1, 5, 10, 25, 50)
-_LANES = 255  # int64 words summed before a byte lane could overflow
-TILE_ROWS = 256  # query rows per tile
-TILE_COLS = 8 * _LANES * 2  # gallery columns per tile (4080: a 256-row tile of scores is 4 MB)
+TILE_ROWS = 512  # query rows per tile
+TILE_COLS = 16384  # gallery columns per tile: 32 MB of scores, counted while still in cache
 
 
 def retrieval_ranks(video, audio, groups=None, *, chunk_mb: float = 256, chunk_rows: int | None = None,
@@ -44,6 +43,8 @@ def retrieval_ranks(video, audio, groups=None, *, chunk_mb: float = 256, chunk_r
     first for cosine). groups: (n,) integer labels or None (every item its own group).
     Memory: the inputs, a sorted float32 copy of each side, and one tile of at most `chunk_mb` MB
     (`chunk_rows` x `chunk_cols` scores; the defaults are cache-sized, tests pass small ones).
+    Ties count against the query, exactly as before tiling (tests/test_metrics.py checks both
+    against a float64 full-matrix reference on integer data full of ties).
     """
     q = torch.as_tensor(np.asarray(video) if not isinstance(video, Tensor) else video).float()
     g = torch.as_tensor(np.asarray(audio) if not isinstance(audio, Tensor) else audio).float()
@@ -67,35 +68,26 @@ def retrieval_ranks(video, audio, groups=None, *, chunk_mb: float = 256, chunk_r
 
     best_row, best_col = _group_best(q, g, starts, sizes)
     rows = min(n, int(chunk_rows) if chunk_rows else TILE_ROWS)
-    cols = min(n, max(rows, int(chunk_cols) if chunk_cols else TILE_COLS))  # >= rows: see _tile_members
-    per_row = cols * 4 + _padded(cols)  # float32 scores + one comparison byte per score
-    if chunk_rows is None and rows * per_row > chunk_mb * 2**20:
-        rows = int(max(1, chunk_mb * 2**20 // per_row))
-    rows = max(1, rows)
+    cols = min(n, max(rows, int(chunk_cols) if chunk_cols else TILE_COLS))  # >= rows: see _Members
+    if chunk_rows is None and rows * cols * 4 > chunk_mb * 2**20:
+        rows = int(max(1, chunk_mb * 2**20 // (cols * 4)))
 
-    row_cnt = torch.zeros(n, dtype=torch.int64)
-    col_cnt = torch.zeros(n, dtype=torch.int64)
+    count_tile = _tile_counter()
+    row_np, col_np = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    row_cnt, col_cnt = torch.from_numpy(row_np), torch.from_numpy(col_np)  # the same memory
+    brow_np, bcol_np = best_row.numpy(), best_col.numpy()
     gt = g.T.contiguous()
     del g
-    scores = torch.empty(rows, cols)
-    mask = torch.zeros(rows, _padded(cols), dtype=torch.bool)  # padding stays False
+    buffer = torch.empty(rows * cols)
     col_blocks = list(_blocks(n, cols, starts, sizes))
     members = _Members(starts, sizes)
-    written = 0  # columns of `mask` that may hold True; past a tile's width it must be False for the packed counts
     for r0, r1, big in _blocks(n, rows, starts, sizes):
         m = r1 - r0
-        qb, brow = q[r0:r1], best_row[r0:r1, None]
+        qb = q[r0:r1]
         for c0, c1, _ in col_blocks:
             w = c1 - c0
-            s = torch.mm(qb, gt[:, c0:c1], out=scores[:m, :w])
-            msk = mask[:m]
-            if written > w:
-                mask[:, w:written] = False
-            written = w
-            torch.ge(s, brow, out=msk[:, :w])
-            row_cnt[r0:r1] += _count_rows(msk)
-            torch.ge(s, best_col[None, c0:c1], out=msk[:, :w])
-            col_cnt[c0:c1] += _count_cols(msk)[:w]
+            s = torch.mm(qb, gt[:, c0:c1], out=buffer[:m * w].view(m, w))  # contiguous, so numpy sees it plainly
+            count_tile(s.numpy(), brow_np[r0:r1], bcol_np[c0:c1], row_np[r0:r1], col_np[c0:c1])
             members.remove(s, r0, r1, c0, c1, big, best_row, best_col, row_cnt, col_cnt)
     rank_v2m = np.empty(n, np.int64)
     rank_m2v = np.empty(n, np.int64)
@@ -145,26 +137,32 @@ class _Members:
             col_cnt[flat] -= (blk >= best_col[idx][:, None, :]).sum(1).reshape(-1)
 
 
-def _padded(n: int) -> int:
-    return -(-n // (8 * _LANES)) * 8 * _LANES
+def _count_tile(s, best_row, best_col, row_cnt, col_cnt):
+    """For every score of a tile, one read: row i counts scores >= best_row[i], column j counts
+    scores >= best_col[j]. NaN compares false, as in torch. Run compiled (`_tile_counter`)."""
+    m, w = s.shape
+    for i in range(m):
+        b = best_row[i]
+        c = 0
+        for j in range(w):
+            x = s[i, j]
+            c += x >= b
+            col_cnt[j] += x >= best_col[j]
+        row_cnt[i] += c
 
 
-def _count_rows(mask: Tensor) -> Tensor:
-    """Number of True per row of a (m, padded) bool mask (padding is False)."""
-    m, width = mask.shape
-    words = mask.view(torch.uint8).view(torch.int64).view(m, width // (8 * _LANES), _LANES)
-    packed = words.sum(2)  # each byte lane <= 255: no carry between lanes
-    return packed.view(torch.uint8).view(m, -1).sum(1, dtype=torch.int64)
+def _tile_counter():
+    """`_count_tile` compiled by numba (which librosa already brings), on first use; the machine
+    code is cached on disk, so later processes skip the compile."""
+    global _COMPILED
+    if _COMPILED is None:
+        import numba
+
+        _COMPILED = numba.njit(cache=True, nogil=True)(_count_tile)
+    return _COMPILED
 
 
-def _count_cols(mask: Tensor) -> Tensor:
-    """Number of True per column of a (m, padded) bool mask."""
-    m, width = mask.shape
-    words = mask.view(torch.uint8).view(torch.int64)
-    out = torch.zeros(width, dtype=torch.int64)
-    for r in range(0, m, _LANES):
-        out += words[r:r + _LANES].sum(0).view(torch.uint8)
-    return out
+_COMPILED = None
 
 
 def _blocks(n: int, rows: int, starts: np.ndarray, sizes: np.ndarray):
