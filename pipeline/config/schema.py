@@ -113,7 +113,7 @@ class SignalSettings:
 
 POOLINGS = ("mean", "attention")
 
-PROJECTORS = ("linear", "mlp")
+PROJECTORS = ("linear", "residual", "mlp")
 
 SELECT_METRICS = ("r1", "r5", "r10", "r25", "r50")
 
