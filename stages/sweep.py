@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvbind.pipeline.binding.report import DIRECTIONS
+from mvbind.pipeline.binding.report import DIRECTIONS, recall_axes
 from mvbind.pipeline.binding.runs import RunError, run_name, write_json
 from mvbind.pipeline.config import Config, build_config, to_dict
 from mvbind.pipeline.console import say
@@ -186,7 +186,6 @@ def plot_sweep(rows: list[dict], baselines: list[dict], path: Path, *, title: st
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     longest = max([len(r[DIRECTIONS[0][0]]["curve"]) for r in rows] or [1])
@@ -198,14 +197,7 @@ def plot_sweep(rows: list[dict], baselines: list[dict], path: Path, *, title: st
             curve = 100 * np.asarray(b["curves"][key])
             ax.plot(np.arange(1, len(curve) + 1), curve, ls="--" if b["kind"] == "chance" else ":", color="0.5",
                     label=b["name"])
-        ax.set_xscale("log")
-        ticks = [k for k in (1, 5, 10, 25, 50, 100) if k <= longest]
-        ax.set_xticks(ticks)
-        ax.set_xticklabels([str(k) for k in ticks])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("K")
-        ax.set_title(label)
-        ax.grid(True, which="both", alpha=0.3)
+        recall_axes(ax, label, (1, 5, 10, 25, 50, 100), longest)
     axes[0].set_ylabel("Recall@K (%)")
     axes[0].set_ylim(0, 100)
     handles, labels = axes[0].get_legend_handles_labels()

@@ -22,13 +22,26 @@ def markdown_table(rows: list[dict], ks) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recall_axes(ax, title: str, ks, longest: int) -> None:
+    """One recall@K panel's axes: log K with the Ks as ticks, a light grid."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ticks = [k for k in ks if k <= longest]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(k) for k in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("K")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def plot_recall(rows: list[dict], path: Path, *, title: str = "", ks=(1, 5, 10, 25, 50)) -> None:
     """Recall@K for K = 1..max, one panel per direction, one line per method (matplotlib, Agg)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, (key, label) in zip(axes, DIRECTIONS):
@@ -41,14 +54,7 @@ def plot_recall(rows: list[dict], path: Path, *, title: str = "", ks=(1, 5, 10, 
             style = {"chance": dict(ls="--", color="0.5"), "zero_shot": dict(ls=":", lw=2)}.get(row["kind"], {})
             ax.plot(range(1, len(curve) + 1), [100 * c for c in curve], label=f"{row['name']} (n={row['gallery']})",
                     **style)
-        ax.set_xscale("log")
-        ticks = [k for k in ks if k <= longest]
-        ax.set_xticks(ticks)
-        ax.set_xticklabels([str(k) for k in ticks])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("K")
-        ax.set_title(label)
-        ax.grid(True, which="both", alpha=0.3)
+        recall_axes(ax, label, ks, longest)
     axes[0].set_ylabel("Recall@K (%)")
     axes[0].set_ylim(0, 100)
     axes[1].legend(loc="lower right", fontsize=8)
