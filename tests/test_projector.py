@@ -59,3 +59,25 @@ def test_linear_and_mlp_heads_keep_the_tensors_earlier_runs_saved():
     # an old spec (no field this version added) still names a model
     old = {k: v for k, v in spec("mlp").to_dict().items()}
     assert ProjectorSpec.from_dict(old) == spec("mlp")
+
+
+def test_the_branch_learns_at_its_own_scale_of_the_learning_rate():
+    from mvbind.pipeline.binding.loss import BindingLoss
+    from mvbind.pipeline.binding.projector import param_groups
+    from mvbind.pipeline.binding.training import train_epoch
+
+    torch.manual_seed(2)
+    model = BindingModel(spec("residual"))
+    groups = param_groups(model, 0.1, branch_lr_scale=0.25)
+    branch = {id(p) for g in groups if g["lr_scale"] == 0.25 for p in g["params"]}
+    named = {name for name, p in model.named_parameters() if id(p) in branch}
+    assert named == {f"heads.{m}.branch.{k}" for m in ("video", "audio")
+                     for k in ("ln.weight", "ln.bias", "fc1.weight", "fc1.bias", "fc2.weight")}
+    assert all(g["weight_decay"] == (0.1 if g["params"][0].ndim == 2 else 0.0) for g in groups if g["params"])
+    opt = torch.optim.AdamW(groups, lr=1.0)
+    video, audio = torch.randn(32, 5, 16), torch.randn(32, 3, 12)
+    train_epoch(model, opt, BindingLoss(), video, audio, torch.arange(32), batch_size=16,
+                generator=torch.Generator().manual_seed(0), lr_of_step=lambda step: 0.01)
+    assert sorted({g["lr"] for g in opt.param_groups}) == [0.0025, 0.01]
+    # linear and mlp heads have no branch: two groups, as before
+    assert [g["lr_scale"] for g in param_groups(BindingModel(spec("mlp")), 0.1, 0.25)] == [1.0, 1.0]

@@ -159,14 +159,22 @@ class BindingModel(nn.Module):
         self.logit_scale.clamp_(0, math.log(max_scale))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """open_clip's rule: decay matrices only; not biases, LayerNorm gains, the pooling query, logit_scale."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, branch_lr_scale: float = 1.0) -> list[dict]:
+    """open_clip's rule: decay matrices only; not biases, LayerNorm gains, the pooling query, logit_scale.
+
+    The residual heads' MLP branches get `lr_scale` = `branch_lr_scale` (the training loop multiplies
+    each step's learning rate by a group's scale): Adam moves a zero-initialised layer as fast as any
+    other, so without it the branch fits the training pairs within the first epochs, before the linear
+    map has converged; slower, it adds nonlinearity only as far as a longer run earns it."""
+    groups: dict[tuple[bool, bool], list] = {(b, d): [] for b in (False, True) for d in (False, True)}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or "logit_scale" in name or ".ln" in name or "bias" in name or "query" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+        no_decay = p.ndim < 2 or "logit_scale" in name or ".ln" in name or "bias" in name or "query" in name
+        groups[(".branch." in name, not no_decay)].append(p)
+    out = []
+    for (branch, decay), params in groups.items():
+        if params or not branch:  # the two plain groups always exist (callers index them)
+            out.append({"params": params, "weight_decay": weight_decay if decay else 0.0,
+                        "lr_scale": branch_lr_scale if branch else 1.0})
+    return out

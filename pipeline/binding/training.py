@@ -100,7 +100,7 @@ def train_epoch(model: BindingModel, opt: torch.optim.Optimizer, loss_fn: Bindin
         idx = order[s * batch_size:(s + 1) * batch_size]
         lr = lr_of_step(first_step + s)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         v_emb = model.encode_video(video.index_select(0, idx))
         a_emb = model.encode_audio(audio.index_select(0, idx))
         loss = loss_fn(v_emb, a_emb, model.logit_scale.exp(), None if groups is None else groups.index_select(0, idx))

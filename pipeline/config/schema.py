@@ -139,6 +139,7 @@ class TrainConfig:
     batch_size: int = 256
     epochs: int = 50
     lr: float = 1e-3
+    branch_lr_scale: float = 1.0  # the residual head's MLP branch learns at lr x this (docs/STAGE_TWO.md)
     weight_decay: float = 0.1  # AdamW; not applied to biases, LayerNorm gains, the pooling query, logit_scale
     warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to min_lr
     min_lr: float = 0.0
