@@ -5,7 +5,8 @@
     .venv/bin/python -m bench.bench_stage_two --sizes 10000 --json out.json
     .venv/bin/python -m bench.bench_stage_two --sizes 100000 --eval-dims-large 256   # the 256-d 100k eval (minutes)
 
-Reports, for the default projector (residual MLP 1024 -> 1024 -> 256, batch 256, mean pooling):
+Reports, for the projectors (default residual: linear 1024 -> 256 plus a 1024 -> 1024 -> 256 MLP branch;
+mlp: a 1024 -> 1024 -> 1024 residual block then 1024 -> 256; linear; batch 256, mean pooling):
   - seconds per training epoch and pairs/s (stages.train.train_epoch: the loop `cli.py train` runs),
   - the same epoch's pure matrix multiplies (every GEMM of forward and backward, same shapes and
     count, nothing else): the overhead of everything else is the ratio;
@@ -224,7 +225,7 @@ def main() -> None:
     print(f"# stage-two benchmark ({os.cpu_count()}-core CPU, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; load average before {load_before[0]:.2f})\n", flush=True)
     for n in sizes if not args.skip_epochs else []:
-        for projector in (("mlp", "linear") if n <= 10000 else ("mlp",)):
+        for projector in (("residual", "mlp", "linear") if n <= 10000 else ("residual",)):
             limit = None if args.full or n <= 10000 else args.steps_100k
             r = bench_epoch(n, projector, limit, args.repeats)
             results["epochs"].append(r)
