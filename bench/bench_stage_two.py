@@ -5,7 +5,8 @@
     .venv/bin/python -m bench.bench_stage_two --sizes 10000 --json out.json
     .venv/bin/python -m bench.bench_stage_two --sizes 100000 --eval-dims-large 256   # the 256-d 100k eval (minutes)
 
-Reports, for the default projector (residual MLP 1024 -> 1024 -> 256, batch 256, mean pooling):
+Reports, for the projectors (default residual: linear 1024 -> 256 plus a 1024 -> 1024 -> 256 MLP branch;
+mlp: a 1024 -> 1024 -> 1024 residual block then 1024 -> 256; linear; batch 256, mean pooling):
   - seconds per training epoch and pairs/s (stages.train.train_epoch: the loop `cli.py train` runs),
   - the same epoch's pure matrix multiplies (every GEMM of forward and backward, same shapes and
     count, nothing else): the overhead of everything else is the ratio;
@@ -54,16 +55,17 @@ def unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
 def matmul_plan(model: BindingModel, batch: int) -> list[tuple[int, int, int]]:
     """(m, k, n) of every GEMM in one training step's forward and backward."""
     plan = []
-    for head in (model.video_head, model.audio_head):
+    for head in model.heads.values():
         assert isinstance(head, Head)
         linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
-        has_params_before = any(True for _ in head.blocks.parameters())  # LayerNorm gains precede fc1
-        for i, lin in enumerate(linears):
+        for lin in linears:
             k, n = lin.in_features, lin.out_features
             plan.append((batch, k, n))  # forward
             plan.append((n, batch, k))  # grad of the weight
-            if i > 0 or has_params_before:
-                plan.append((batch, n, k))  # grad of the input
+            # grad of the input: not for a layer that reads the (parameter-free) pooled input directly
+            reads_input = lin is head.proj and not any(True for _ in head.blocks.parameters())
+            if not reads_input:
+                plan.append((batch, n, k))
     e = model.spec.embed_dim
     plan += [(batch, e, batch), (batch, batch, e), (batch, batch, e)]  # logits and their two grads
     return plan
@@ -120,9 +122,26 @@ def _proc_status(field: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def eval_worker(n: int, d: int) -> dict:
+def metrics_at(rev: str | None):
+    """pipeline/binding/metrics.py as it is, or as it was at git revision `rev` (to time and check
+    the ranks of an earlier implementation on the very same inputs)."""
+    if rev is None:
+        from mvbind.pipeline.binding import metrics
+        return metrics
+    import types
+    source = subprocess.run(["git", "show", f"{rev}:pipeline/binding/metrics.py"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout
+    module = types.ModuleType(f"metrics_at_{rev}")
+    exec(compile(source, f"{rev}:pipeline/binding/metrics.py", "exec"), module.__dict__)
+    return module
+
+
+def eval_worker(n: int, d: int, rev: str | None = None, repeats: int = 1) -> dict:
     """Runs in a fresh process: exact ranks both ways for n items at d dims."""
-    from mvbind.pipeline.binding.metrics import retrieval_ranks, summarize
+    import hashlib
+
+    metrics = metrics_at(rev)
+    retrieval_ranks, summarize = metrics.retrieval_ranks, metrics.summarize
 
     video = unit_rows(n, d, 3)
     audio = torch.nn.functional.normalize(video + 1.2 * unit_rows(n, d, 4), dim=1)
@@ -140,18 +159,25 @@ def eval_worker(n: int, d: int) -> dict:
         return out
 
     torch.mm = timed_mm
-    t = time.perf_counter()
-    v2m, m2v = retrieval_ranks(video, audio, groups, chunk_mb=256)
-    seconds = time.perf_counter() - t
+    timings = []  # (seconds, matmul seconds) per repeat: a busy shared machine only ever makes one slower
+    for _ in range(repeats):
+        mm_time[0] = 0.0
+        t = time.perf_counter()
+        v2m, m2v = retrieval_ranks(video, audio, groups, chunk_mb=256)
+        timings.append((time.perf_counter() - t, mm_time[0]))
+    seconds, mm_seconds = min(timings)
     peak = _proc_status("VmHWM")  # this process's peak RSS (ru_maxrss would include the parent's, inherited at fork)
-    return {"gallery": n, "dim": d, "seconds": seconds, "matmul_seconds": mm_time[0],
+    digest = hashlib.sha256(v2m.tobytes() + m2v.tobytes()).hexdigest()[:16]
+    return {"gallery": n, "dim": d, "rev": rev or "working tree", "ranks_sha256": digest,
+            "seconds": seconds, "matmul_seconds": mm_seconds, "repeats": repeats,
             "peak_rss_gb": peak / 2**30, "rss_inputs_gb": rss_inputs / 2**30,
             "R@10_v2m": summarize(v2m)["R@10"], "R@10_m2v": summarize(m2v)["R@10"]}
 
 
-def bench_eval(n: int, d: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--eval-worker", str(n), str(d)], capture_output=True,
-                         text=True, check=True)
+def bench_eval(n: int, d: int, rev: str | None = None, repeats: int = 1) -> dict:
+    against = ["--against", rev] if rev else []
+    out = subprocess.run([sys.executable, __file__, "--eval-worker", str(n), str(d), *against, "--eval-repeats",
+                          str(repeats)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -183,10 +209,13 @@ def main() -> None:
     ap.add_argument("--skip-epochs", action="store_true", help="only the eval (and cache) measurements")
     ap.add_argument("--skip-cache", action="store_true", help="skip the HDF5 write/load measurement")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--against", default=None, metavar="REV",
+                    help="also time the ranking as it was at this git revision, and check its ranks are identical")
+    ap.add_argument("--eval-repeats", type=int, default=1, help="timed rankings per eval measurement (best is kept)")
     ap.add_argument("--eval-worker", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.eval_worker:
-        print(json.dumps(eval_worker(*args.eval_worker)))
+        print(json.dumps(eval_worker(*args.eval_worker, rev=args.against, repeats=args.eval_repeats)))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     load_before = os.getloadavg()
@@ -196,7 +225,7 @@ def main() -> None:
     print(f"# stage-two benchmark ({os.cpu_count()}-core CPU, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; load average before {load_before[0]:.2f})\n", flush=True)
     for n in sizes if not args.skip_epochs else []:
-        for projector in (("mlp", "linear") if n <= 10000 else ("mlp",)):
+        for projector in (("residual", "mlp", "linear") if n <= 10000 else ("residual",)):
             limit = None if args.full or n <= 10000 else args.steps_100k
             r = bench_epoch(n, projector, limit, args.repeats)
             results["epochs"].append(r)
@@ -208,11 +237,15 @@ def main() -> None:
     for n in sizes:
         dims = (256, 1024) if n <= 10000 else tuple(int(x) for x in args.eval_dims_large.split(","))
         for d in dims:
-            r = bench_eval(n, d)
-            results["eval"].append(r)
-            print(f"eval   {n:>7} gallery {d:5d}-d  {r['seconds']:7.2f} s  (matmul {r['matmul_seconds']:.2f} s, "
-                  f"{2 * n * n * d / max(r['matmul_seconds'], 1e-9) / 1e9:.0f} GFLOP/s)  peak RSS "
-                  f"{r['peak_rss_gb']:.2f} GB (inputs {r['rss_inputs_gb']:.2f} GB)", flush=True)
+            for rev in (None, args.against) if args.against else (None,):
+                r = bench_eval(n, d, rev, args.eval_repeats)
+                results["eval"].append(r)
+                ranking = r["seconds"] - r["matmul_seconds"]
+                print(f"eval   {n:>7} gallery {d:5d}-d  {r['seconds']:7.2f} s  (matmul {r['matmul_seconds']:.2f} s, "
+                      f"{2 * n * n * d / max(r['matmul_seconds'], 1e-9) / 1e9:.0f} GFLOP/s; ranking +{ranking:.2f} s "
+                      f"= {100 * ranking / max(r['matmul_seconds'], 1e-9):.0f} %)  peak RSS "
+                      f"{r['peak_rss_gb']:.2f} GB (inputs {r['rss_inputs_gb']:.2f} GB)  [{r['rev']}, ranks "
+                      f"{r['ranks_sha256']}]", flush=True)
     if not args.skip_cache:
         r = bench_cache_load(10000)
         results["cache"] = r

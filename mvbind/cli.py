@@ -30,6 +30,7 @@ from mvbind.stages.import_features import import_features
 from mvbind.stages.index import index
 from mvbind.stages.recommend import recommend
 from mvbind.stages.serve import serve
+from mvbind.stages.sweep import parse_grid, sweep
 from mvbind.stages.train import train
 
 # ── shared plumbing: --config/--set, one-line errors, in-process runs ──────────────────────────
@@ -319,6 +320,26 @@ def eval_command(config_path, sets, runs, cache_prefix, split, name, out, overwr
     click.echo(f"\nwritten to {out_dir}", err=True)
 
 
+@click.command("sweep")
+@config_options
+@click.option("--grid", "grids", multiple=True, metavar="train.KEY=V1,V2,…",
+              help="One axis of the grid, e.g. --grid train.projector=linear,residual (repeatable).")
+@click.option("--seeds", type=int, default=3, show_default=True,
+              help="Trials per combination, seeded train.seed, train.seed+1, ….")
+@click.option("--cache", "cache_prefix", default=None, metavar="PREFIX",
+              help="Fingerprint prefix of the cache namespace (default: the one pipeline.toml's settings name).")
+@click.option("--name", default="sweep", show_default=True, help="Sweep folder under paths.runs.")
+@click.option("--overwrite", is_flag=True, help="Retrain trials whose run directories exist but differ.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@one_line_errors
+def sweep_command(config_path, sets, grids, seeds, cache_prefix, name, overwrite, quiet):
+    """Train a grid of stage-two settings × seeds on one cache; one eval table of mean ± std per combination."""
+    config = resolve_config(config_path, sets, {"train.cache": cache_prefix})
+    result = sweep(config, parse_grid(grids), seeds=seeds, name=name, overwrite=overwrite, progress=not quiet)
+    click.echo(result.table, nl=False)
+    click.echo(f"\nwritten to {result.out_dir}", err=True)
+
+
 @click.command("index")
 @click.argument("source", type=click.Path(path_type=Path))
 @config_options
@@ -429,6 +450,7 @@ cli.add_command(demo_data_command, "demo-data")
 cli.add_command(demo_command, "demo")
 cli.add_command(train_command, "train")
 cli.add_command(eval_command, "eval")
+cli.add_command(sweep_command, "sweep")
 cli.add_command(index_command, "index")
 cli.add_command(recommend_command, "recommend")
 cli.add_command(serve_command, "serve")

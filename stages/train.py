@@ -204,7 +204,8 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
         torch.manual_seed(t.seed)
         model = BindingModel(spec).to(device)
         loss_fn = BindingLoss(multi_positive=t.multi_positive)
-        opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.98), eps=1e-6,
+        params = param_groups(model, t.weight_decay, t.branch_lr_scale)
+        opt = torch.optim.AdamW(params, lr=t.lr, betas=(0.9, 0.98), eps=1e-6,
                                 fused=True)  # CLIP's betas and eps; fused: one kernel per step on CPU
         train_idx, val_idx = split.indices("train"), split.indices("val")
         tv, ta = _inputs(pairs, train_idx, spec.pooling)

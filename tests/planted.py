@@ -4,8 +4,11 @@ Each track has latent factors t; each video that uses it has latent factors t + 
 Audio clips are A(t) + noise and video clips are V(video latent) + noise, where A and V are
 two different fixed random nonlinear maps (tanh MLPs), so the pairing is learnable but raw
 cosine between the two spaces is near chance. Shapes and scales mimic ImageBind: audio clips
-have norm ~20, video clips norm 1. Videos sharing a track get the very same audio (and, for
-some, a manifest music_id); some items have no audio. Everything comes from one seed.
+have norm ~20, video clips norm 1. With `nuisance` > 0 each side's map also takes that many
+modality-only latent factors (per track for audio, per video for video) that the other side
+never sees: structure a projector must learn to ignore, as real encoders carry. Videos sharing
+a track get the very same audio (and, for some, a manifest music_id); some items have no audio.
+Everything comes from one seed.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ def _map(rng: np.random.Generator, latent: int, dim: int, hidden: int = 256):
 
 def planted_arrays(n: int, *, audio_shape=(3, 64), video_shape=(15, 64), latent: int = 16, noise: float = 0.5,
                    jitter: float = 0.3, shared_fraction: float = 0.0, tracks_per_shared: int = 3,
-                   music_id_fraction: float = 0.5, no_audio: int = 0, seed: int = 0) -> dict:
+                   music_id_fraction: float = 0.5, no_audio: int = 0, nuisance: int = 0, seed: int = 0) -> dict:
     """Arrays for n items: keys, audio (n, ca, da) fp16 or masked, video, music_ids, track of each item."""
     rng = np.random.default_rng(seed)
     maps = np.random.default_rng(seed + 10_000)
-    f_a = _map(maps, latent, audio_shape[1])
-    f_v = _map(maps, latent, video_shape[1])
+    f_a = _map(maps, latent + nuisance, audio_shape[1])
+    f_v = _map(maps, latent + nuisance, video_shape[1])
     # tracks: items in the shared fraction reuse a track in groups of `tracks_per_shared`
     n_shared = int(round(n * shared_fraction)) // tracks_per_shared * tracks_per_shared
     track = np.concatenate([np.repeat(np.arange(n_shared // tracks_per_shared), tracks_per_shared),
@@ -49,6 +52,10 @@ def planted_arrays(n: int, *, audio_shape=(3, 64), video_shape=(15, 64), latent:
         x = x / np.linalg.norm(x, axis=2, keepdims=True) * scale
         return x.astype(np.float16)
 
+    if nuisance:  # drawn from their own generator, so nuisance=0 leaves every other draw as it was
+        private = np.random.default_rng(seed + 20_000)
+        t_latent = np.concatenate([t_latent, private.standard_normal((n_tracks, nuisance), np.float32)], axis=1)
+        v_latent = np.concatenate([v_latent, private.standard_normal((n, nuisance), np.float32)], axis=1)
     audio = clips(f_a(t_latent), audio_shape[0], audio_shape[1], 20.0, np.arange(n_tracks))[track]
     video = clips(f_v(v_latent), video_shape[0], video_shape[1], 1.0, rng.integers(0, 1 << 30, n))
     counts = np.bincount(track, minlength=n_tracks)

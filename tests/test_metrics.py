@@ -43,6 +43,22 @@ def test_chunked_ranks_equal_full_matrix_with_ties(seed):
             np.testing.assert_array_equal(got[1], expected[1])
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_tiles_that_cut_groups_equal_full_matrix_with_ties(seed):
+    """Small row and column tiles (widths that divide nothing), groups larger than a tile cut across
+    tiles both ways, and exact ties everywhere: the counts must still be the definition's."""
+    rng = np.random.default_rng(100 + seed)
+    n, d = int(rng.integers(30, 100)), int(rng.integers(1, 4))
+    video, audio = small_integers(rng, n, d), small_integers(rng, n, d)
+    big = np.concatenate([np.zeros(17, int), np.ones(9, int), 2 + rng.integers(0, n, n - 26)])
+    for groups in (None, rng.permutation(big), rng.integers(0, 5, n)):
+        expected = reference_ranks(video, audio, groups)
+        for rows, cols in ((2, 3), (3, 7), (4, 5), (8, 18), (8, 33), (16, n)):
+            got = retrieval_ranks(video, audio, groups, chunk_rows=rows, chunk_cols=cols)
+            np.testing.assert_array_equal(got[0], expected[0], err_msg=f"rows {rows} cols {cols}")
+            np.testing.assert_array_equal(got[1], expected[1], err_msg=f"rows {rows} cols {cols}")
+
+
 def test_chunked_ranks_equal_full_matrix_real_valued():
     rng = np.random.default_rng(1)
     n, d = 700, 32
@@ -78,7 +94,7 @@ def test_block_memory_stays_within_chunk_mb(monkeypatch):
     monkeypatch.setattr(torch, "mm", spy)
     retrieval_ranks(video, audio, chunk_mb=1)
     assert shapes and all(rows * cols * 4 <= 2**20 for rows, cols in shapes)
-    assert sum(rows for rows, _ in shapes) == n
+    assert sum(rows * cols for rows, cols in shapes) == n * n  # every score computed once, in tiles
 
 
 def test_summary_recall_median_mean():

@@ -10,12 +10,15 @@ and the same with the roles swapped for music→video. Ties are counted against 
 negative that scores exactly as high as the best positive ranks above it), so a constant
 scorer gets the worst rank, not the best.
 
-`retrieval_ranks` never holds the n x n similarity matrix: one matmul per block of query rows
-gives both directions (a row block's columns are all music; the column counts are summed over
-blocks). Items are first sorted by group so each group is a contiguous range; its members are
-then removed from the counts by slicing the same block, so a positive is never compared
-against a differently rounded copy of itself. Counting uses packed byte sums (eight comparison
-bytes per int64 add), which makes it cheap next to the matmul.
+`retrieval_ranks` never holds the n x n similarity matrix, nor sorts anything: a query's rank is
+one plus the number of negatives scoring at least its best positive, counted right after the
+matmul of each tile (a block of query rows x a block of gallery columns, 8 MB, so it is still
+in cache). One compiled pass over a tile counts both directions (row counts for
+video→music, column counts for music→video): comparing a 256 MB block with torch afterwards
+took four memory passes (two comparisons writing masks, two counts) and cost 60 % of the matmul
+at 100k items. Items are first sorted by group so each group is a contiguous range; tiles never
+cut a group smaller than a tile, and its members are removed from the counts by slicing the
+same tile, so a positive is never compared against a differently rounded copy of itself.
 """
 
 from __future__ import annotations
@@ -27,17 +30,21 @@ import torch
 from torch import Tensor
 
 DEFAULT_KS = (1, 5, 10, 25, 50)
-_LANES = 255  # int64 words summed before a byte lane could overflow
+TILE_ROWS = 512  # query rows per tile
+TILE_COLS = 4096  # gallery columns per tile: 8 MB of scores, counted while still in cache
 
 
 def retrieval_ranks(video, audio, groups=None, *, chunk_mb: float = 256, chunk_rows: int | None = None,
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    chunk_cols: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Ranks (1 = best) of each item's music among all music for its video (video→music), and
     of its video among all videos for its music (music→video).
 
     video, audio: (n, d) arrays or tensors, row-aligned (compared by dot product: normalise
     first for cosine). groups: (n,) integer labels or None (every item its own group).
-    Memory: the inputs, a sorted float32 copy of each side, and one block of about `chunk_mb` MB.
+    Memory: the inputs, a sorted float32 copy of each side, and one tile of at most `chunk_mb` MB
+    (`chunk_rows` x `chunk_cols` scores; the defaults are cache-sized, tests pass small ones).
+    Ties count against the query, exactly as before tiling (tests/test_metrics.py checks both
+    against a float64 full-matrix reference on integer data full of ties).
     """
     q = torch.as_tensor(np.asarray(video) if not isinstance(video, Tensor) else video).float()
     g = torch.as_tensor(np.asarray(audio) if not isinstance(audio, Tensor) else audio).float()
@@ -60,51 +67,28 @@ def retrieval_ranks(video, audio, groups=None, *, chunk_mb: float = 256, chunk_r
     g = g.index_select(0, order_t).contiguous()
 
     best_row, best_col = _group_best(q, g, starts, sizes)
-    if chunk_rows is None:
-        per_row = n * 4 + _padded(n)  # float32 scores + one comparison byte per score
-        chunk_rows = int(max(1, min(n, chunk_mb * 2**20 // per_row)))
-    chunk_rows = max(1, min(n, int(chunk_rows)))
+    rows = min(n, int(chunk_rows) if chunk_rows else TILE_ROWS)
+    cols = min(n, max(rows, int(chunk_cols) if chunk_cols else TILE_COLS))  # >= rows: see _Members
+    if chunk_rows is None and rows * cols * 4 > chunk_mb * 2**20:
+        rows = int(max(1, chunk_mb * 2**20 // (cols * 4)))
 
-    row_cnt = torch.zeros(n, dtype=torch.int64)
-    col_cnt = torch.zeros(n, dtype=torch.int64)
+    count_tile = _tile_counter()
+    row_np, col_np = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    row_cnt, col_cnt = torch.from_numpy(row_np), torch.from_numpy(col_np)  # the same memory
+    brow_np, bcol_np = best_row.numpy(), best_col.numpy()
     gt = g.T.contiguous()
     del g
-    scores = torch.empty(chunk_rows, n)
-    mask = torch.zeros(chunk_rows, _padded(n), dtype=torch.bool)  # padding stays False
-    single = sizes == 1
-    single_pos = starts[single]
-    multi_starts = {int(s): starts[sizes == s] for s in np.unique(sizes[~single]).tolist()}
-
-    for r0, r1, big in _blocks(n, chunk_rows, starts, sizes):
+    buffer = torch.empty(rows * cols)
+    col_blocks = list(_blocks(n, cols, starts, sizes))
+    members = _Members(starts, sizes)
+    for r0, r1, big in _blocks(n, rows, starts, sizes):
         m = r1 - r0
-        s = torch.mm(q[r0:r1], gt, out=scores[:m])
-        msk = mask[:m]
-        torch.ge(s, best_row[r0:r1, None], out=msk[:, :n])
-        row_cnt[r0:r1] += _count_rows(msk)
-        torch.ge(s, best_col[None, :], out=msk[:, :n])
-        col_cnt += _count_cols(msk)[:n]
-        # members of the query's own group are positives, not competitors: take them out again
-        if big is not None:  # rows r0:r1 all belong to one group larger than a block
-            a, size = big
-            blk = s[:, a:a + size]
-            row_cnt[r0:r1] -= (blk >= best_row[r0:r1, None]).sum(1)
-            col_cnt[a:a + size] -= (blk >= best_col[None, a:a + size]).sum(0)
-            continue
-        lo, hi = np.searchsorted(single_pos, [r0, r1])
-        if hi > lo:
-            i = torch.from_numpy(single_pos[lo:hi])
-            diag = s[i - r0, i]
-            row_cnt[i] -= (diag >= best_row[i]).long()
-            col_cnt[i] -= (diag >= best_col[i]).long()
-        for size, st_all in multi_starts.items():
-            lo, hi = np.searchsorted(st_all, [r0, r1])
-            if hi <= lo:
-                continue
-            idx = torch.from_numpy(st_all[lo:hi])[:, None] + torch.arange(size)[None, :]  # (G, size)
-            blk = s[(idx - r0)[:, :, None], idx[:, None, :]]  # (G, size, size): each group's own block
-            flat = idx.reshape(-1)
-            row_cnt[flat] -= (blk >= best_row[idx][:, :, None]).sum(2).reshape(-1)
-            col_cnt[flat] -= (blk >= best_col[idx][:, None, :]).sum(1).reshape(-1)
+        qb = q[r0:r1]
+        for c0, c1, _ in col_blocks:
+            w = c1 - c0
+            s = torch.mm(qb, gt[:, c0:c1], out=buffer[:m * w].view(m, w))  # contiguous, so numpy sees it plainly
+            count_tile(s.numpy(), brow_np[r0:r1], bcol_np[c0:c1], row_np[r0:r1], col_np[c0:c1])
+            members.remove(s, r0, r1, c0, c1, big, best_row, best_col, row_cnt, col_cnt)
     rank_v2m = np.empty(n, np.int64)
     rank_m2v = np.empty(n, np.int64)
     rank_v2m[order] = (row_cnt + 1).numpy()
@@ -112,26 +96,79 @@ def retrieval_ranks(video, audio, groups=None, *, chunk_mb: float = 256, chunk_r
     return rank_v2m, rank_m2v
 
 
-def _padded(n: int) -> int:
-    return -(-n // (8 * _LANES)) * 8 * _LANES
+class _Members:
+    """Takes a tile's own-group comparisons back out of the counts: members of a query's group
+    are positives, not competitors. Groups are contiguous ranges; a tile cuts only a group larger
+    than its row count (then its rows all belong to that group: `big`), and columns are at least
+    as many as rows, so any other group is wholly inside or wholly outside the tile."""
+
+    def __init__(self, starts: np.ndarray, sizes: np.ndarray):
+        single = sizes == 1
+        self.single_pos = starts[single]
+        self.multi_starts = {int(s): starts[sizes == s] for s in np.unique(sizes[~single]).tolist()}
+
+    def remove(self, s: Tensor, r0: int, r1: int, c0: int, c1: int, big: tuple[int, int] | None,
+               best_row: Tensor, best_col: Tensor, row_cnt: Tensor, col_cnt: Tensor) -> None:
+        if big is not None:  # rows r0:r1 all belong to one group larger than a row block
+            a, size = big
+            lo, hi = max(a, c0), min(a + size, c1)
+            if hi > lo:
+                blk = s[:, lo - c0:hi - c0]
+                row_cnt[r0:r1] -= (blk >= best_row[r0:r1, None]).sum(1)
+                col_cnt[lo:hi] -= (blk >= best_col[None, lo:hi]).sum(0)
+            return
+        lo, hi = max(r0, c0), min(r1, c1)  # groups starting here lie wholly in both ranges
+        if hi <= lo:
+            return
+        a, b = np.searchsorted(self.single_pos, [lo, hi])
+        if b > a:
+            i = torch.from_numpy(self.single_pos[a:b])
+            diag = s[i - r0, i - c0]
+            row_cnt[i] -= (diag >= best_row[i]).long()
+            col_cnt[i] -= (diag >= best_col[i]).long()
+        for size, st_all in self.multi_starts.items():
+            a, b = np.searchsorted(st_all, [lo, hi])
+            if b <= a:
+                continue
+            idx = torch.from_numpy(st_all[a:b])[:, None] + torch.arange(size)[None, :]  # (G, size)
+            blk = s[(idx - r0)[:, :, None], (idx - c0)[:, None, :]]  # (G, size, size): each group's own block
+            flat = idx.reshape(-1)
+            row_cnt[flat] -= (blk >= best_row[idx][:, :, None]).sum(2).reshape(-1)
+            col_cnt[flat] -= (blk >= best_col[idx][:, None, :]).sum(1).reshape(-1)
 
 
-def _count_rows(mask: Tensor) -> Tensor:
-    """Number of True per row of a (m, padded) bool mask (padding is False)."""
-    m, width = mask.shape
-    words = mask.view(torch.uint8).view(torch.int64).view(m, width // (8 * _LANES), _LANES)
-    packed = words.sum(2)  # each byte lane <= 255: no carry between lanes
-    return packed.view(torch.uint8).view(m, -1).sum(1, dtype=torch.int64)
+def _count_tile(s, best_row, best_col, row_cnt, col_cnt):
+    """For every score of a tile, one read: row i counts scores >= best_row[i], column j counts
+    scores >= best_col[j]. NaN compares false, as in torch. Run compiled (`_tile_counter`); the
+    column counts gather in a local array first, which the compiler knows aliases nothing."""
+    m, w = s.shape
+    cols = np.zeros(w, np.int32)
+    for i in range(m):
+        b = best_row[i]
+        c = np.int32(0)
+        for j in range(w):
+            x = s[i, j]
+            c += np.int32(1) if x >= b else np.int32(0)
+            cols[j] += np.int32(1) if x >= best_col[j] else np.int32(0)
+        row_cnt[i] += c
+    for j in range(w):
+        col_cnt[j] += cols[j]
 
 
-def _count_cols(mask: Tensor) -> Tensor:
-    """Number of True per column of a (m, padded) bool mask."""
-    m, width = mask.shape
-    words = mask.view(torch.uint8).view(torch.int64)
-    out = torch.zeros(width, dtype=torch.int64)
-    for r in range(0, m, _LANES):
-        out += words[r:r + _LANES].sum(0).view(torch.uint8)
-    return out
+def _tile_counter():
+    """`_count_tile` compiled by numba (which librosa already brings), on first use; the machine
+    code is cached on disk, so later processes skip the compile. It runs on one thread: torch's
+    OpenMP workers keep spinning for a while after each matmul, and a second counting thread only
+    fought them for the two cores (measured: slower than one)."""
+    global _COMPILED
+    if _COMPILED is None:
+        import numba
+
+        _COMPILED = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")(_count_tile)
+    return _COMPILED
+
+
+_COMPILED = None
 
 
 def _blocks(n: int, rows: int, starts: np.ndarray, sizes: np.ndarray):

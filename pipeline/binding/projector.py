@@ -4,8 +4,13 @@
                                                ├─► cosine · exp(logit_scale)  (clamped at 100)
     audio clips ─► pool ─► L2 ─► head_a ─► L2 ─┘
 
-A head is either one linear map, or `depth` pre-LayerNorm residual MLP blocks at the input
-width (x + Drop(W2 GELU(W1 LN(x)))) followed by LayerNorm and a linear map to `embed_dim`.
+A head is one of:
+- linear: one linear map to `embed_dim`;
+- residual: that linear map plus an MLP branch, W x + U Drop(GELU(W1 LN(x))), whose last layer
+  U starts at zero, so training starts from the linear head and adds only the nonlinearity the
+  data pays for (on planted and demo data it beats both others: docs/STAGE_TWO.md);
+- mlp: `depth` pre-LayerNorm residual MLP blocks at the input width (x + Drop(W2 GELU(W1 LN(x))))
+  followed by LayerNorm and a linear map to `embed_dim` (the earlier default; it overfits).
 `ProjectorSpec` holds every shape-determining choice; it is stored in checkpoints and a
 checkpoint is only loaded into a model of the same spec.
 """
@@ -30,7 +35,7 @@ class ProjectorSpec:
     audio_clips: int
     video_clips: int
     pooling: str = "mean"
-    projector: str = "mlp"
+    projector: str = "mlp"  # what checkpoints without the field were; new runs take train.projector
     embed_dim: int = 256
     hidden_dim: int = 1024
     depth: int = 1
@@ -71,10 +76,26 @@ class ResidualBlock(nn.Module):
         return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln(x)))))
 
 
+class Branch(nn.Module):
+    """The residual head's nonlinear part: U Drop(GELU(W1 LN(x))), with U zero at initialisation."""
+
+    def __init__(self, dim: int, hidden: int, out: int, dropout: float):
+        super().__init__()
+        self.ln = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, out, bias=False)
+        self.drop = nn.Dropout(dropout)
+        nn.init.zeros_(self.fc2.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.drop(F.gelu(self.fc1(self.ln(x)))))
+
+
 class Head(nn.Module):
     def __init__(self, in_dim: int, spec: ProjectorSpec):
         super().__init__()
-        if spec.projector == "linear":
+        self.branch: Branch | None = None
+        if spec.projector in ("linear", "residual"):
             self.blocks = nn.Sequential()
             self.ln_out = nn.Identity()
         elif spec.projector == "mlp":
@@ -82,11 +103,16 @@ class Head(nn.Module):
             self.blocks = nn.Sequential(*blocks)
             self.ln_out = nn.LayerNorm(in_dim)
         else:
-            raise ValueError(f"unknown projector {spec.projector!r}; choose linear or mlp")
-        self.proj = nn.Linear(in_dim, spec.embed_dim, bias=spec.projector != "linear")
+            raise ValueError(f"unknown projector {spec.projector!r}; choose linear, residual or mlp")
+        self.proj = nn.Linear(in_dim, spec.embed_dim, bias=spec.projector == "mlp")
+        if spec.projector == "residual":
+            self.branch = Branch(in_dim, spec.hidden_dim, spec.embed_dim, spec.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(self.proj(self.ln_out(self.blocks(x))), dim=-1)
+        z = self.proj(self.ln_out(self.blocks(x)))
+        if self.branch is not None:
+            z = z + self.branch(x)
+        return F.normalize(z, dim=-1)
 
 
 class BindingModel(nn.Module):
@@ -133,14 +159,22 @@ class BindingModel(nn.Module):
         self.logit_scale.clamp_(0, math.log(max_scale))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """open_clip's rule: decay matrices only; not biases, LayerNorm gains, the pooling query, logit_scale."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, branch_lr_scale: float = 1.0) -> list[dict]:
+    """open_clip's rule: decay matrices only; not biases, LayerNorm gains, the pooling query, logit_scale.
+
+    The residual heads' MLP branches get `lr_scale` = `branch_lr_scale` (the training loop multiplies
+    each step's learning rate by a group's scale): Adam moves a zero-initialised layer as fast as any
+    other, so without it the branch fits the training pairs within the first epochs, before the linear
+    map has converged; slower, it adds nonlinearity only as far as a longer run earns it."""
+    groups: dict[tuple[bool, bool], list] = {(b, d): [] for b in (False, True) for d in (False, True)}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or "logit_scale" in name or ".ln" in name or "bias" in name or "query" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+        no_decay = p.ndim < 2 or "logit_scale" in name or ".ln" in name or "bias" in name or "query" in name
+        groups[(".branch." in name, not no_decay)].append(p)
+    out = []
+    for (branch, decay), params in groups.items():
+        if params or not branch:  # the two plain groups always exist (callers index them)
+            out.append({"params": params, "weight_decay": weight_decay if decay else 0.0,
+                        "lr_scale": branch_lr_scale if branch else 1.0})
+    return out

@@ -43,9 +43,22 @@ def markdown_table(rows: list[dict], ks) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recall_axes(ax, title: str, ks, longest: int) -> None:
+    """One recall@K panel's axes: log K with the Ks as ticks, a light grid."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ticks = [k for k in ks if k <= longest]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(k) for k in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("K")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def plot_recall(rows: list[dict], path: Path, *, title: str = "", ks=(1, 5, 10, 25, 50)) -> None:
     """Recall@K for K = 1..max, one panel per direction, one line per method (matplotlib, Agg)."""
-    from matplotlib.ticker import NullFormatter
 
     plt = _pyplot()
 
@@ -60,14 +73,7 @@ def plot_recall(rows: list[dict], path: Path, *, title: str = "", ks=(1, 5, 10, 
             style = {"chance": dict(ls="--", color="0.5"), "zero_shot": dict(ls=":", lw=2)}.get(row["kind"], {})
             ax.plot(range(1, len(curve) + 1), [100 * c for c in curve], label=f"{row['name']} (n={row['gallery']})",
                     **style)
-        ax.set_xscale("log")
-        ticks = [k for k in ks if k <= longest]
-        ax.set_xticks(ticks)
-        ax.set_xticklabels([str(k) for k in ticks])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("K")
-        ax.set_title(label)
-        ax.grid(True, which="both", alpha=0.3)
+        recall_axes(ax, label, ks, longest)
     axes[0].set_ylabel("Recall@K (%)")
     axes[0].set_ylim(0, 100)
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, frameon=False)

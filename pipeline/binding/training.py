@@ -93,7 +93,7 @@ def lr_at(step: int, *, base: float, floor: float, warmup: int, total: int) -> f
 
 
 def train_epoch(model: BindingModel, opt: torch.optim.Optimizer, loss_fn: BindingLoss, video: torch.Tensor,
-                audio: torch.Tensor, groups: torch.Tensor, *, batch_size: int, generator: torch.Generator,
+                audio: torch.Tensor, groups: torch.Tensor | None, *, batch_size: int, generator: torch.Generator,
                 lr_of_step: Callable[[int], float], first_step: int = 0, max_logit_scale: float = 100.0,
                 bar: tqdm | None = None) -> tuple[float, float]:
     """One pass over the pairs in a seeded random order, full batches only (the rest is dropped).
@@ -101,6 +101,10 @@ def train_epoch(model: BindingModel, opt: torch.optim.Optimizer, loss_fn: Bindin
     model.train()
     n = len(video)
     steps = n // batch_size
+    # Without a shared track anywhere the loss is plain CLIP: say so once instead of letting every
+    # step build a batch x batch group mask and read back its sum.
+    if groups is not None and not bool((torch.bincount(groups) > 1).any()):
+        groups = None
     order = torch.randperm(n, generator=generator).to(video.device)
     loss_sum = torch.zeros((), device=video.device)
     lr = lr_of_step(first_step)
@@ -108,10 +112,10 @@ def train_epoch(model: BindingModel, opt: torch.optim.Optimizer, loss_fn: Bindin
         idx = order[s * batch_size:(s + 1) * batch_size]
         lr = lr_of_step(first_step + s)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         v_emb = model.encode_video(video.index_select(0, idx))
         a_emb = model.encode_audio(audio.index_select(0, idx))
-        loss = loss_fn(v_emb, a_emb, model.logit_scale.exp(), groups.index_select(0, idx))
+        loss = loss_fn(v_emb, a_emb, model.logit_scale.exp(), None if groups is None else groups.index_select(0, idx))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -119,7 +119,7 @@ class SignalSettings:
 
 POOLINGS = ("mean", "attention")
 
-PROJECTORS = ("linear", "mlp")
+PROJECTORS = ("linear", "residual", "mlp")
 
 SELECT_METRICS = ("r1", "r5", "r10", "r25", "r50")
 
@@ -136,15 +136,16 @@ class TrainConfig:
     split_salt: str = "mvbind-split-v1"
     # model
     pooling: str = "mean"  # mean | attention (learned softmax weights over clips; starts as the mean)
-    projector: str = "mlp"  # linear | mlp (residual MLP blocks with LayerNorm and dropout)
+    projector: str = "residual"  # linear | residual (linear + zero-initialised MLP branch) | mlp (residual blocks)
     embed_dim: int = 256  # shared space
     hidden_dim: int = 1024  # MLP block width
     depth: int = 1  # residual MLP blocks
-    dropout: float = 0.1
+    dropout: float = 0.5  # in the MLP branch (residual) or blocks (mlp); docs/STAGE_TWO.md
     # optimisation
     batch_size: int = 256
     epochs: int = 50
     lr: float = 1e-3
+    branch_lr_scale: float = 0.3  # the residual head's MLP branch learns at lr x this (docs/STAGE_TWO.md)
     weight_decay: float = 0.1  # AdamW; not applied to biases, LayerNorm gains, the pooling query, logit_scale
     warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to min_lr
     min_lr: float = 0.0

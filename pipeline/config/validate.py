@@ -111,6 +111,7 @@ def validate_stage_two(config) -> None:
     _check(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
     _check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
     _check(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    _check(0 < t.branch_lr_scale <= 10, "train.branch_lr_scale", f"must be in (0, 10], got {t.branch_lr_scale}")
     _check(t.warmup_epochs >= 0, "train.warmup_epochs", f"must be >= 0, got {t.warmup_epochs}")
     _check(0 <= t.min_lr <= t.lr, "train.min_lr", f"must be in [0, train.lr={t.lr}], got {t.min_lr}")
     _check(0 < t.init_temperature, "train.init_temperature", f"must be > 0, got {t.init_temperature}")
