@@ -44,7 +44,9 @@ def make_app(config: Config, *, run: str | Path | None, library: str | Path, rec
     except ModuleNotFoundError as err:
         raise MvbindError(f"mvbind serve needs {err.name}: {EXTRA_HINT}") from None
     if recommender is None:
-        recommender = Recommender(config, library=library, run=run, progress=progress)
+        # cache_writes=False: visitors' uploads are embedded in memory, never committed to the feature cache a
+        # researcher trains on (a later `train` would otherwise pick them up as data)
+        recommender = Recommender(config, library=library, run=run, progress=progress, cache_writes=False)
     return create_app(recommender, config)
 
 

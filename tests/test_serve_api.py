@@ -261,6 +261,15 @@ def test_a_remote_bind_needs_to_be_asked_for():
     assert len(lines) == 1 and "--allow-remote" in lines[0], result.output
 
 
+def test_uploads_never_enter_the_feature_cache(client, planted):
+    cache = Path(planted["config"].cache_dir)
+    before = sorted(p.name for p in cache.rglob("*.h5"))
+    fresh = planted["root"] / "fresh.mp4"
+    run_ffmpeg("-i", str(planted["videos"] / "v2.mp4"), "-c", "copy", "-metadata", "comment=new", str(fresh))
+    assert upload(client, fresh).status_code == 200
+    assert sorted(p.name for p in cache.rglob("*.h5")) == before  # embedded in memory only
+
+
 def test_the_registry_folder_is_removed_on_shutdown(planted):
     app = make_app(planted["config"], run="run", library="planted", progress=False)
     with TestClient(app) as c:

@@ -193,7 +193,7 @@ def test_eval_table_shows_the_settings_that_differ(home, capsys):
     assert cli_main(["eval", "cmp-a", "cmp-b", "--name", "cmp", *options(home, "cache-small")]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("| method | settings | direction |")
-    assert "| cmp-a | projector=mlp, embed_dim=32, lr=0.001 | video→music |" in printed
+    assert "| cmp-a | projector=residual, embed_dim=32, lr=0.001 | video→music |" in printed
     assert "| cmp-b | projector=linear, embed_dim=16, lr=0.002 | music→video |" in printed
     assert "| chance |  | video→music |" in printed
     rows = json.loads((home / "runs" / "_evals" / "cmp" / "metrics.json").read_text())["rows"]
