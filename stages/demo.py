@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mvbind.pipeline.binding.runs import write_json
-from mvbind.pipeline.config import Config, load_config, settings_toml
+from mvbind.pipeline.config import load_config, settings_toml
 from mvbind.pipeline.demo.attributes import AttributeReport, TrackAttributes, attribute_report
 
 if TYPE_CHECKING:
@@ -58,14 +58,6 @@ class DemoResult:
     seconds: dict = field(default_factory=dict)
     # The headline: per held-out test video, how many of its top 5 share its track's attributes, beside chance.
     attributes: AttributeReport | None = None
-
-
-def demo_config(workdir: Path, *, workers: int = 2, batch_size: int = 32) -> Config:
-    """Settings for the demo: the signal encoder, all data under `workdir`, a batch size for a small set,
-    music groups from the generator's music ids."""
-    from mvbind.pipeline.config import load_config
-
-    return load_config(None, demo_settings(workdir, workers=workers, batch_size=batch_size))
 
 
 def demo_settings(workdir: Path, *, workers: int = 2, batch_size: int = 32) -> dict:

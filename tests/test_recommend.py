@@ -26,7 +26,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from mvbind.cli import cli
@@ -42,15 +41,7 @@ from tests.planted_library import SOURCES, SR, TRAIN, base_config, build_planted
 
 
 @pytest.fixture(scope="module")
-def threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory, threads):
+def planted(tmp_path_factory, one_thread_module):
     return build_planted(tmp_path_factory.mktemp("planted"))
 
 
@@ -104,7 +95,7 @@ def test_cli_refuses_a_run_from_other_encoder_settings(planted):
 
 # -- CLI with a tiny random ImageBind, zero-shot -------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, threads):
+def tiny(tmp_path_factory, one_thread_module):
     root = tmp_path_factory.mktemp("tiny")
     videos = root / "videos"
     make_video(videos / "dance.mp4", duration=4.0, freq=330, source="testsrc2")

@@ -16,7 +16,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
@@ -31,11 +30,8 @@ UPLOAD = "/api/recommend"
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield build_planted(tmp_path_factory.mktemp("serve"))
-    torch.set_num_threads(before)
+def planted(tmp_path_factory, one_thread_module):
+    return build_planted(tmp_path_factory.mktemp("serve"))
 
 
 def small_upload_config(config, mb: int):

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from mvbind.stages.serve import make_app
 from tests.planted_library import build_planted
@@ -53,16 +52,12 @@ def running(app):
 
 
 @pytest.fixture(scope="module")
-def one_thread():
+def browser_ready(one_thread_module):
     assert CHROMIUM is not None, "MVBIND_REQUIRE_BROWSER=1 but no chromium on PATH: apt-get install chromium"
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, one_thread):
+def server(tmp_path_factory, browser_ready):
     planted = build_planted(tmp_path_factory.mktemp("browser"))
     with running(make_app(planted["config"], run="run", library="planted", progress=False)) as url:
         yield {"url": url, **planted}
@@ -153,7 +148,7 @@ def test_upload_cards_and_a_track_playing_from_its_suggested_start(server):
             browser.close()
 
 
-def test_words_steer_the_page_and_search_by_text_alone(tmp_path, one_thread):
+def test_words_steer_the_page_and_search_by_text_alone(tmp_path, browser_ready):
     from playwright.sync_api import expect, sync_playwright
 
     lib = build_steerable(tmp_path)

@@ -16,7 +16,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from mvbind.cli import cli
@@ -57,11 +56,8 @@ def base(root: Path, **extra):
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield build_steerable(tmp_path_factory.mktemp("steer"))
-    torch.set_num_threads(before)
+def planted(tmp_path_factory, one_thread_module):
+    return build_steerable(tmp_path_factory.mktemp("steer"))
 
 
 def build_steerable(root: Path) -> dict:
