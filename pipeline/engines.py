@@ -116,8 +116,8 @@ def merge_summaries(summaries: list[ExtractSummary], *, inputs: int) -> ExtractS
     out = ExtractSummary(namespace=first.namespace, cache_dir=first.cache_dir, inputs=inputs, unit=first.unit)
     for s in summaries:
         for name in ("extracted", "reused", "duplicates", "skipped_failed", "without_audio", "decode_seconds",
-                     "infer_seconds", "write_seconds", "decode_wait_seconds", "write_wait_seconds", "planned",
-                     "hashed"):
+                     "infer_seconds", "transfer_seconds", "write_seconds", "decode_wait_seconds",
+                     "write_wait_seconds", "planned", "hashed"):
             setattr(out, name, getattr(out, name) + getattr(s, name))
         out.failed.extend(f for f in s.failed if f[0] not in {p for p, _ in out.failed})  # each process saw it
         out.shards.extend(s.shards)

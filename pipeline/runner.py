@@ -56,6 +56,13 @@ class Work:
     decode_seconds: float = 0.0
     hashed: bool = False  # the worker read the file to hash it (no usable plan entry)
 
+    def pin_memory(self) -> Work:
+        """Called by the DataLoader's pin-memory thread (encoder on a GPU): without it a Work is passed through
+        unpinned, and every host-to-device copy would go through a staging buffer."""
+        if self.prepared is not None:
+            self.prepared = self.prepared.pin_memory()
+        return self
+
 
 class PrepareDataset(Dataset):
     """Map-style dataset over input items: hash, check the cache, decode, prepare (in workers)."""
@@ -155,6 +162,7 @@ class ExtractSummary:
     seconds: float = 0.0
     decode_seconds: float = 0.0  # summed over workers
     infer_seconds: float = 0.0  # the model's forward passes
+    transfer_seconds: float = 0.0  # inputs to the encoder's device (and compact inputs' transforms there)
     write_seconds: float = 0.0  # shard commits, in the writer thread
     decode_wait_seconds: float = 0.0  # the main thread waiting for decoded items
     write_wait_seconds: float = 0.0  # the main thread waiting for the writer (queue full, final commits)
@@ -177,7 +185,8 @@ class ExtractSummary:
             + (f", skipped earlier failures {self.skipped_failed} (--retry-failed)" if self.skipped_failed else ""),
             f"keys: {self.planned} from the plan, {self.hashed} hashed in this run",
             f"time {self.seconds:.1f}s ({self.videos_per_second:.2f} {self.unit}s/s); "
-            f"main thread: decode wait {self.decode_wait_seconds:.1f}s, forward {self.infer_seconds:.1f}s, "
+            f"main thread: decode wait {self.decode_wait_seconds:.1f}s, to device {self.transfer_seconds:.1f}s, "
+            f"forward {self.infer_seconds:.1f}s, "
             f"write wait {self.write_wait_seconds:.1f}s; decode {self.decode_seconds:.1f}s (worker total), "
             f"write {self.write_seconds:.1f}s (writer thread); {len(self.shards)} shard(s) committed; "
             + ("model not loaded (nothing to embed)" if self.model_seconds is None
@@ -430,8 +439,11 @@ def _embed_batch(embedder: _LazyEmbedder, batch: list[Work], todo: list[InputIte
                  summary: ExtractSummary, earlier_failures: dict[str, str]) -> None:
     model = embedder.get()
     t0 = time.perf_counter()
+    moved = getattr(model, "transfer_seconds", 0.0)
     out = model.embed([w.prepared for w in batch])
-    summary.infer_seconds += time.perf_counter() - t0
+    transfer = getattr(model, "transfer_seconds", 0.0) - moved
+    summary.transfer_seconds += transfer
+    summary.infer_seconds += time.perf_counter() - t0 - transfer
     for work, a, v in zip(batch, out["audio"], out["video"]):
         item = todo[work.index]
         if a is None:

@@ -32,6 +32,12 @@ class EncoderConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
     batch_size: int = 8  # videos per forward pass
+    forward_clips: int = 256  # clips per forward call within a batch (bounds activation memory)
+    # Where ImageBind's input transforms run: "cpu" = the workers make the float32 inputs (the exact
+    # reference); "device" = workers ship uint8 pixels and 16 kHz clip waveforms, and resize, crops,
+    # normalisation and the filterbank run on encoder.device (same values to float32 rounding, a
+    # tenth of the bytes); "auto" = device on a GPU, cpu otherwise. Not part of the cache identity.
+    transforms: str = "auto"
 
 
 @dataclass

@@ -52,6 +52,8 @@ def validate(config: Config) -> None:
     )
     _check(enc.precision in ("auto", "fp32", "fp16", "bf16"), "encoder.precision", "use auto, fp32, fp16 or bf16")
     _check(enc.batch_size >= 1, "encoder.batch_size", f"must be >= 1, got {enc.batch_size}")
+    _check(enc.forward_clips >= 1, "encoder.forward_clips", f"must be >= 1, got {enc.forward_clips}")
+    _check(enc.transforms in ("auto", "cpu", "device"), "encoder.transforms", "use auto, cpu or device")
     _check(enc.name != "imagebind" or enc.arch == "huge" or enc.weights == "random", "encoder.weights",
            "pretrained weights exist only for arch 'huge'; set encoder.weights = \"random\" for arch 'tiny'")
     _check(ext.workers >= 0, "extract.workers", f"must be >= 0, got {ext.workers}")

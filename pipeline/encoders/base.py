@@ -24,13 +24,21 @@ class Prepared:
     """One item's model inputs by modality; a modality without input says why in `missing`.
 
     audio: (clips, 1, mel, frames) for ImageBind; video: (clips·crops, 3, T, H, W); other encoders
-    put their own per-clip inputs under the same keys.
+    put their own per-clip inputs under the same keys. An input may also be a compact form that the
+    embedder finishes on its device (`len()` = its rows, `pin_memory()`, `to(device)`; see
+    pipeline.encoders.imagebind.compact).
     """
 
     inputs: dict[str, torch.Tensor]
     duration: float
     missing: dict[str, str] = field(default_factory=dict)  # modality -> why it has no input
     audio_starts: np.ndarray | None = None  # music-library windows: start (s) of each audio row
+
+    def pin_memory(self) -> Prepared:
+        """The same inputs in page-locked memory (the DataLoader's pin thread calls this), so the copy to
+        a GPU is a DMA that overlaps compute."""
+        return Prepared({m: x.pin_memory() for m, x in self.inputs.items()}, self.duration, self.missing,
+                        self.audio_starts)
 
     def get(self, modality: str) -> torch.Tensor | None:
         return self.inputs.get(modality)

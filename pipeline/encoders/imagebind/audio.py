@@ -51,9 +51,35 @@ def audio_inputs(path: str | os.PathLike[str], settings: AudioSettings = AudioSe
 
 def waveform_inputs(waveform: Tensor, sample_rate: int, settings: AudioSettings = AudioSettings()) -> AudioInputs:
     """ImageBind audio inputs of a decoded waveform (C, N) at `sample_rate`; `waveform` is not modified."""
+    clips = clip_waves(waveform, sample_rate, settings)
+    specs = [clip_melspec(w, settings) for w in clips.waves]
+    return AudioInputs(
+        melspec=torch.stack(specs).unsqueeze(1),
+        duration=clips.duration,
+        clips=clips.spans,
+        sample_ranges=clips.ranges,
+        source_sample_rate=int(sample_rate),
+        source_channels=int(waveform.shape[0]),
+        source_num_samples=int(waveform.shape[1]),
+    )
+
+
+@dataclass(frozen=True)
+class ClipWaves:
+    """Each clip's 16 kHz waveform as the filterbank reads it: channel 0 after the clip's mean
+    (over all channels) was subtracted, with the overlap quirk's shifts when it is on."""
+
+    waves: list[Tensor]  # (samples,) float32 per clip
+    duration: float
+    spans: list[tuple[float, float]]
+    ranges: list[tuple[int, int]]
+
+
+def clip_waves(waveform: Tensor, sample_rate: int, settings: AudioSettings = AudioSettings()) -> ClipWaves:
+    """The clips' waveforms of a decoded waveform (C, N) at `sample_rate` (not modified)."""
     if waveform.dim() != 2:
         raise ValueError(f"waveform must be (channels, samples), got shape {tuple(waveform.shape)}")
-    channels, n = waveform.shape
+    n = waveform.shape[1]
     if n == 0:
         raise MediaError("audio stream is empty")
     sr = settings.sample_rate
@@ -78,31 +104,28 @@ def waveform_inputs(waveform: Tensor, sample_rate: int, settings: AudioSettings 
             a, b = ranges[i]
             views[i] = buffer[:, a - lo : b - lo]
 
-    quirk = settings.reference_overlap_quirk
-    specs = []
+    waves = []
     for clip in views:
-        if quirk:
+        if settings.reference_overlap_quirk:
             clip -= clip.mean()  # in place, as upstream: later overlapping clips see this shift
-        spec = melspec(
-            clip,
-            sample_frequency=sr,
-            num_mel_bins=settings.num_mel_bins,
-            target_length=settings.target_length,
-            mean=settings.mean,
-            std=settings.std,
-            frame_length=settings.frame_length_ms,
-            frame_shift=settings.frame_shift_ms,
-            subtract_mean=not quirk,  # without the quirk: on a copy
-        )
-        specs.append(spec)
-    return AudioInputs(
-        melspec=torch.stack(specs).unsqueeze(1),
-        duration=duration,
-        clips=[(float(s), float(e)) for s, e in spans],
-        sample_ranges=ranges,
-        source_sample_rate=int(sample_rate),
-        source_channels=int(channels),
-        source_num_samples=int(n),
+            waves.append(clip[0].clone())  # as the filterbank read it, before later clips shift it
+        else:
+            waves.append((clip - clip.mean())[0])  # on a copy
+    return ClipWaves(waves, duration, [(float(s), float(e)) for s, e in spans], ranges)
+
+
+def clip_melspec(wave: Tensor, settings: AudioSettings) -> Tensor:
+    """ImageBind's (mel, frames) input of one clip wave from `clip_waves` (on the wave's device)."""
+    return melspec(
+        wave.unsqueeze(0),
+        sample_frequency=settings.sample_rate,
+        num_mel_bins=settings.num_mel_bins,
+        target_length=settings.target_length,
+        mean=settings.mean,
+        std=settings.std,
+        frame_length=settings.frame_length_ms,
+        frame_shift=settings.frame_shift_ms,
+        subtract_mean=False,  # clip_waves did
     )
 
 

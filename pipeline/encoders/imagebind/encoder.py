@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mvbind.errors import MvbindError, NoStreamError
+from mvbind.errors import MvbindError
 from mvbind.pipeline.config import Config, expand_path, mvbind_home
 from mvbind.pipeline.encoders.base import SCHEMA, Prepared, pick_device, prepared
 
@@ -59,31 +59,51 @@ class ImageBindPreparer:
         self.video_settings = config.video
         # One decoder thread per worker process; FFmpeg's own threading when decoding in-process.
         self.decode_threads = 1 if config.extract.workers > 0 else 0
+        self.compact = transforms_on_device(config)  # ship uint8 pixels and clip waves (pipeline...compact)
 
     def __call__(self, path: str) -> Prepared:
-        from mvbind.pipeline.encoders.imagebind.audio import audio_inputs
-        from mvbind.pipeline.encoders.imagebind.vision import video_inputs
-
         audio = video = None
         audio_reason = video_reason = ""
         duration = 0.0
         try:
-            v = video_inputs(path, self.video_settings, threads=self.decode_threads)
-            video, duration = v.frames, float(v.duration)
-        except NoStreamError as err:
-            video_reason = str(err)
-        except MvbindError as err:
+            video, duration = self._video(path)
+        except MvbindError as err:  # NoStreamError included: the reason says which
             video_reason = str(err)
         try:
-            a = audio_inputs(path, self.audio_settings)
-            audio = a.melspec
-            duration = duration or float(a.duration)
-        except NoStreamError as err:
-            audio_reason = str(err)
+            audio, audio_duration = self._audio(path)
+            duration = duration or audio_duration
         except MvbindError as err:
             audio_reason = str(err)
         return prepared(duration, audio=audio if audio is not None else audio_reason,
                         video=video if video is not None else video_reason)
+
+    def _video(self, path: str):
+        if self.compact:
+            from mvbind.pipeline.encoders.imagebind.compact import video_pixels
+
+            return video_pixels(path, self.video_settings, threads=self.decode_threads)
+        from mvbind.pipeline.encoders.imagebind.vision import video_inputs
+
+        v = video_inputs(path, self.video_settings, threads=self.decode_threads)
+        return v.frames, float(v.duration)
+
+    def _audio(self, path: str):
+        if self.compact:
+            from mvbind.pipeline.encoders.imagebind.compact import audio_clips
+
+            return audio_clips(path, self.audio_settings)
+        from mvbind.pipeline.encoders.imagebind.audio import audio_inputs
+
+        a = audio_inputs(path, self.audio_settings)
+        return a.melspec, float(a.duration)
+
+
+def transforms_on_device(config: Config) -> bool:
+    """Whether workers ship compact inputs and the embedder finishes them (encoder.transforms)."""
+    setting = config.encoder.transforms
+    if setting == "auto":
+        return pick_device(config.encoder.device).type == "cuda"
+    return setting == "device"
 
 
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -113,15 +133,27 @@ class ImageBindEmbedder:
             load_weights(model, resolve_weights(str(path) if enc.weights else None, progress=progress))
         self.model = model.eval().requires_grad_(False).to(self.device)
         self.load_seconds = time.perf_counter() - t0
-        self.chunk = 256  # clips per forward call: bounds activation memory
+        self.chunk = enc.forward_clips  # clips per forward call: bounds activation memory
+        self.transfer_seconds = 0.0  # inputs to the device and, for compact inputs, their transforms there
+
+    @torch.inference_mode()
+    def _inputs(self, present: list) -> torch.Tensor:
+        """The batch's inputs of one modality, on the device (compact ones finished there)."""
+        from mvbind.pipeline.encoders.imagebind.compact import finish
+
+        t0 = time.perf_counter()
+        x = torch.cat([finish(p, self.device) for p in present])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # so the time is the transfer's, not the next forward's
+        self.transfer_seconds += time.perf_counter() - t0
+        return x
 
     @torch.inference_mode()
     def _run(self, fn, x: torch.Tensor) -> np.ndarray:
         outs = []
         for i in range(0, len(x), self.chunk):
-            part = x[i : i + self.chunk].to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                outs.append(fn(part).float())
+                outs.append(fn(x[i : i + self.chunk]).float())
         return torch.cat(outs).cpu().numpy()
 
     def embed(self, items: list[Prepared]) -> dict[str, list[np.ndarray | None]]:
@@ -133,7 +165,7 @@ class ImageBindEmbedder:
         present = [it.get(modality) for it in items if it.get(modality) is not None]
         if not present:
             return [None] * len(items)
-        flat = self._run(fn, torch.cat(present))
+        flat = self._run(fn, self._inputs(present))
         out, offset = [], 0
         for it in items:
             x = it.get(modality)

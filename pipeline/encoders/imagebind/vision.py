@@ -88,6 +88,31 @@ def video_inputs(path: str | Path, settings: VideoSettings | None = None, *, thr
 
 
 def _video_inputs(path: Path, settings: VideoSettings, threads: int) -> VideoInputs:
+    d = _decode(path, settings, threads)
+    resized = {i: _resize(d.frame(i), settings.size) for i in d.needed}
+    frames = _clips_and_crops(resized, d.plan, settings)
+    return VideoInputs(frames, d.count / d.fps, d.fps, d.count, d.box, d.width, d.height, d.plan)
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """The frames a video's clips need, border box applied on access."""
+
+    frames: dict[int, np.ndarray]  # decord frame number -> uint8 (H, W, 3), border probes included
+    needed: list[int]  # the frames the clips keep, sorted
+    plan: ClipPlan
+    box: Box | None
+    count: int
+    fps: float
+    width: int
+    height: int
+
+    def frame(self, i: int) -> np.ndarray:
+        return crop(self.frames[i], self.box) if self.box else self.frames[i]
+
+
+def _decode(path: Path, settings: VideoSettings, threads: int) -> _Decoded:
+    """Decode the frames the clip plan keeps (plus border probes) and find the content box."""
     chosen: dict[str, object] = {}
 
     def choose(count: int, fps: float) -> list[int]:
@@ -101,8 +126,7 @@ def _video_inputs(path: Path, settings: VideoSettings, threads: int) -> VideoInp
         return needed + probes
 
     video = decode_video(path, choose, threads=threads)
-    decoded, plan, needed, fps = video.frames, chosen["plan"], chosen["needed"], video.fps
-
+    decoded, plan, needed = video.frames, chosen["plan"], chosen["needed"]
     height, width = decoded[needed[0]].shape[:2]
     box: Box | None = None
     if settings.remove_borders:
@@ -115,9 +139,7 @@ def _video_inputs(path: Path, settings: VideoSettings, threads: int) -> VideoInp
             min_border=settings.border_min_px,
             min_content=settings.border_min_content,
         )
-    resized = {i: _resize(crop(decoded[i], box) if box else decoded[i], settings.size) for i in needed}
-    frames = _clips_and_crops(resized, plan, settings)
-    return VideoInputs(frames, video.count / fps, fps, video.count, box, width, height, plan)
+    return _Decoded(decoded, needed, plan, box, video.count, video.fps, width, height)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,15 +199,12 @@ def _resize(frame: np.ndarray, size: int) -> np.ndarray:
     return rows[:, :, c0] * b0 + rows[:, :, c1] * b1
 
 
-def _clips_and_crops(resized: dict[int, np.ndarray], plan: ClipPlan, settings: VideoSettings) -> torch.Tensor:
-    """Normalise, stack clips (3, T, h, w) and take the spatial crops: (clips·crops, 3, T, s, s)."""
-    mean = np.asarray(settings.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(settings.std, dtype=np.float32)[:, None, None]
-    normed = {i: (x - mean) / std for i, x in resized.items()}
+def crop_offsets(height: int, width: int, settings: VideoSettings) -> list[tuple[int, int]]:
+    """(y, x) of each spatial crop of a resized (height, width) frame: ImageBind's SpatialCrop /
+    uniform_crop (3 crops: start, centre, end of the long side; 1 crop: the centre)."""
     size = settings.size
-    height, width = next(iter(normed.values())).shape[-2:]
     offsets = []
-    for idx in (0, 1, 2) if settings.crops == 3 else (1,):  # ImageBind SpatialCrop / uniform_crop
+    for idx in (0, 1, 2) if settings.crops == 3 else (1,):
         y = int(math.ceil((height - size) / 2))
         x = int(math.ceil((width - size) / 2))
         if height > width:
@@ -193,6 +212,17 @@ def _clips_and_crops(resized: dict[int, np.ndarray], plan: ClipPlan, settings: V
         else:
             x = 0 if idx == 0 else width - size if idx == 2 else x
         offsets.append((y, x))
+    return offsets
+
+
+def _clips_and_crops(resized: dict[int, np.ndarray], plan: ClipPlan, settings: VideoSettings) -> torch.Tensor:
+    """Normalise, stack clips (3, T, h, w) and take the spatial crops: (clips·crops, 3, T, s, s)."""
+    mean = np.asarray(settings.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(settings.std, dtype=np.float32)[:, None, None]
+    normed = {i: (x - mean) / std for i, x in resized.items()}
+    size = settings.size
+    height, width = next(iter(normed.values())).shape[-2:]
+    offsets = crop_offsets(height, width, settings)
     frames = settings.frames_per_clip
     out = np.empty((len(plan.frame_indices) * len(offsets), 3, frames, size, size), dtype=np.float32)
     for c, kept in enumerate(plan.frame_indices):
