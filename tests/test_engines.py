@@ -33,8 +33,16 @@ def videos(tmp_path_factory):
     return folder
 
 
-def cache_contents(cache_dir):
-    config = signal_config(cache_dir)
+def tiny_config(cache_dir, **overrides):
+    """The tiny ImageBind (random init) built by the same code as the huge one."""
+    base = {"encoder.arch": "tiny", "encoder.weights": "random", "encoder.device": "cpu",
+            "paths.cache": str(cache_dir), "extract.workers": 0, "encoder.batch_size": 4}
+    base.update(overrides)
+    return load_config(overrides=base)
+
+
+def cache_contents(cache_dir, make_config=signal_config):
+    config = make_config(cache_dir)
     ns = FeatureCache(cache_dir).get(extractor_settings(config))
     feats = ns.load()
     order = np.argsort(feats.keys.astype(str))
@@ -50,12 +58,27 @@ def local_cache(videos, tmp_path_factory):
     return cache_contents(cache)
 
 
-def assert_same_cache(got, want):
+@pytest.fixture(scope="module")
+def tiny_local_cache(videos, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("tiny_local_cache")
+    summary = extract(tiny_config(cache), videos, progress=False)
+    assert summary.extracted == 7 and len(summary.failed) == 1
+    return cache_contents(cache, tiny_config)
+
+
+def assert_same_cache(got, want, *, fp16_steps: int = 0):
+    """Same keys, masks and failures; embeddings bit for bit (the same code on the same inputs), or within
+    `fp16_steps` steps of their fp16 storage where processes may differ in threads or input transforms."""
     keys, audio, audio_mask, video, failed = got
     assert keys == want[0] and failed == want[4] == ["broken.mp4"]
     np.testing.assert_array_equal(audio_mask, want[2])
-    np.testing.assert_array_equal(audio, want[1])  # bit for bit: the same code on the same inputs
-    np.testing.assert_array_equal(video, want[3])
+    for a, b in ((audio, want[1]), (video, want[3])):
+        if not fp16_steps:
+            np.testing.assert_array_equal(a, b)
+            continue
+        a, b = a.astype(np.float32), b.astype(np.float32)
+        step = np.spacing(np.maximum(np.abs(a), np.abs(b)).astype(np.float16)).astype(np.float32)
+        assert np.all(np.abs(a - b) <= fp16_steps * step)
 
 
 def test_gpus_engine_with_cpu_devices_fills_the_same_cache_as_local(videos, local_cache, tmp_path):
@@ -68,6 +91,13 @@ def test_gpus_engine_with_cpu_devices_fills_the_same_cache_as_local(videos, loca
     assert {n[:13] for n in names} == {"p00000of00002", "p00001of00002"}  # one partition per process
     again = extract(config, videos, progress=False)  # resumes: nothing to do
     assert (again.extracted, again.reused, again.skipped_failed) == (0, 7, 1)
+
+
+def test_gpus_engine_with_tiny_imagebind_fills_the_same_cache_as_local(videos, tiny_local_cache, tmp_path):
+    config = tiny_config(tmp_path / "cache", **{"extract.engine": "gpus", "extract.devices": "cpu,cpu"})
+    summary = extract(config, videos, progress=False)
+    assert (summary.extracted, len(summary.failed), summary.without_audio) == (7, 1, 1)
+    assert_same_cache(cache_contents(tmp_path / "cache", tiny_config), tiny_local_cache, fp16_steps=1)
 
 
 def test_gpus_engine_splits_this_machines_partition_and_refuses_without_devices(videos, local_cache, tmp_path):
@@ -147,3 +177,12 @@ def test_ray_engine_retries_a_partition_whose_process_died(ray_cluster, videos, 
     summary = result["summary"]
     assert summary.extracted + summary.duplicates == 8 and json.loads(progress[0].read_text())["pid"] != killed
     assert_same_cache(cache_contents(cache), local_cache)
+
+
+def test_ray_engine_with_tiny_imagebind_and_device_transforms(ray_cluster, videos, tiny_local_cache, tmp_path):
+    # The tasks' workers ship compact inputs (uint8 pixels, clip waves) that the task's embedder finishes.
+    config = tiny_config(tmp_path / "cache", **{"extract.engine": "ray", "extract.num_shards": 2,
+                                                "encoder.transforms": "device", "extract.workers": 1})
+    summary = extract(config, videos, progress=False)
+    assert (summary.extracted, len(summary.failed), summary.hashed) == (7, 1, 0)
+    assert_same_cache(cache_contents(tmp_path / "cache", tiny_config), tiny_local_cache, fp16_steps=1)
