@@ -9,6 +9,10 @@ sampled every 50 ms):
 
     .venv/bin/python -m bench.bench_extract                  # both scenarios
     .venv/bin/python -m bench.bench_extract --scenario decode --videos 10
+    .venv/bin/python -m bench.bench_extract --scenario model --model-videos 2          # model build vs forward
+    # on a GPU: the huge architecture, device transforms, throughput against the pure forward
+    .venv/bin/python -m bench.bench_extract --scenario model --model-arch huge --model-videos 240 \
+        --model-batch 16 --workers 8 --transforms device
 
 Figures are printed; nothing here is asserted.
 """
@@ -103,28 +107,37 @@ def run_naive(videos: list[Path], arch: str, out: Path) -> dict:
     return {"seconds": total, "videos": len(videos), "videos_per_s": len(videos) / total, **t}
 
 
-def run_mvbind(videos: list[Path], arch: str, out: Path, workers: int, batch: int) -> dict:
+def run_mvbind(videos: list[Path], arch: str, out: Path, workers: int, batch: int, transforms: str = "auto") -> dict:
     from mvbind.pipeline.config import load_config
     from mvbind.pipeline.media.inputs import InputItem
     from mvbind.stages.extract import extract
 
     config = load_config(overrides={"encoder.arch": arch, "encoder.weights": "random", "paths.cache": str(out),
-                                    "extract.workers": workers, "encoder.batch_size": batch})
+                                    "extract.workers": workers, "encoder.batch_size": batch,
+                                    "encoder.transforms": transforms})
     s = extract(config, [InputItem(str(p)) for p in videos], progress=False)
     assert s.extracted == len(videos), s.lines()
     return {"seconds": s.seconds, "videos": s.extracted, "videos_per_s": s.videos_per_second,
-            "decode": s.decode_seconds, "infer": s.infer_seconds, "write": s.write_seconds}
+            "decode": s.decode_seconds, "decode_wait": s.decode_wait_seconds, "transfer": s.transfer_seconds,
+            "infer": s.infer_seconds, "write": s.write_seconds, "write_wait": s.write_wait_seconds,
+            "model": s.model_seconds or 0.0}
 
 
 def run_forward_only(videos: list[Path], arch: str, batch: int) -> dict:
     """Pure model time: the same batches on inputs prepared beforehand (preparation not timed)."""
+    import torch
+
     from mvbind.pipeline.config import load_config
     from mvbind.pipeline.encoders.base import make_embedder, make_preparer
 
-    config = load_config(overrides={"encoder.arch": arch, "encoder.weights": "random"})
+    config = load_config(overrides={"encoder.arch": arch, "encoder.weights": "random", "encoder.transforms": "cpu"})
     prepared = [make_preparer(config)(str(p)) for p in videos]
     embedder = make_embedder(config, progress=False)
+    for it in prepared:  # inputs already on the device: only the forward is timed
+        it.inputs = {m: x.to(embedder.device) for m, x in it.inputs.items()}
     embedder.embed(prepared[:1])  # warm-up
+    if embedder.device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for i in range(0, len(prepared), batch):
         embedder.embed(prepared[i:i + batch])
@@ -180,7 +193,8 @@ def measure(args: list[str]) -> dict:
 
 
 def show(name: str, r: dict) -> None:
-    split = " ".join(f"{k} {r[k]:.1f}s" for k in ("decode", "infer", "write") if k in r)
+    split = " ".join(f"{k} {r[k]:.1f}s" for k in ("model", "decode", "decode_wait", "transfer", "infer", "write",
+                                                 "write_wait") if k in r)
     print(f"  {name:<14} {r['videos']:>3} videos in {r['seconds']:7.1f}s = {r['videos_per_s']:6.2f} videos/s"
           f"   [{split}]   peak RSS {r['peak_rss_mib']:.0f} MiB")
 
@@ -191,6 +205,10 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=40, help="videos in the decode scenario")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--media", type=Path, default=Path(tempfile.gettempdir()) / "mvbind-bench-media")
+    ap.add_argument("--model-arch", default="small", help="the model scenario's architecture (huge on a GPU)")
+    ap.add_argument("--model-videos", type=int, default=8)
+    ap.add_argument("--model-batch", type=int, default=4)
+    ap.add_argument("--transforms", default="auto", help="encoder.transforms for the mvbind runs")
     args = ap.parse_args()
     import torch
 
@@ -210,15 +228,19 @@ def main() -> None:
             show("mvbind", mv)
             print(f"  speed-up: {mv['videos_per_s'] / naive['videos_per_s']:.1f}x")
         if args.scenario in ("model", "both"):
-            vids = make_media(args.media / "model", 8, (360, 640), (6.0, 6.0), 30)
+            vids = make_media(args.media / "model", args.model_videos, (360, 640), (6.0, 6.0), 30)
             listing = work / "model.txt"
             listing.write_text("\n".join(map(str, vids)))
-            print("scenario model (ViT-S-sized model: the model dominates)")
-            fwd = measure(["forward", str(listing), "small", "-", "0", "4"])
+            arch, batch = args.model_arch, str(args.model_batch)
+            print(f"scenario model ({arch} architecture, {len(vids)} videos, batch {batch}: the model dominates)")
+            fwd = measure(["forward", str(listing), arch, "-", "0", batch])
             show("forward only", fwd)
-            mv = measure(["mvbind", str(listing), "small", str(work / "mv-model"), "1", "4"])
+            mv = measure(["mvbind", str(listing), arch, str(work / "mv-model"), str(args.workers), batch,
+                          args.transforms])
             show("mvbind", mv)
-            print(f"  end-to-end / pure forward: {mv['seconds'] / fwd['seconds']:.2f}x")
+            print(f"  end-to-end / pure forward: {mv['seconds'] / fwd['seconds']:.2f}x; throughput "
+                  f"{mv['videos_per_s'] / fwd['videos_per_s']:.2f} of the pure forward's; without the model "
+                  f"build {(mv['seconds'] - mv['model']) / fwd['seconds']:.2f}x")
 
 
 def child(argv: list[str]) -> None:
@@ -227,7 +249,7 @@ def child(argv: list[str]) -> None:
     if method == "naive":
         result = run_naive(videos, arch, Path(out))
     elif method == "mvbind":
-        result = run_mvbind(videos, arch, Path(out), int(argv[4]), int(argv[5]))
+        result = run_mvbind(videos, arch, Path(out), int(argv[4]), int(argv[5]), *argv[6:7])
     else:
         result = run_forward_only(videos, arch, int(argv[5]))
     print(json.dumps(result))

@@ -398,6 +398,7 @@ def _consume(stream, todo: list[InputItem], embedder: _LazyEmbedder, buffer: Sha
         else:
             seen.add(work.key)
             summary.decode_seconds += work.decode_seconds
+            embedder.start()  # build the model while the workers decode the rest of the batch
             batch.append(work)
             if len(batch) >= batch_size:
                 _embed_batch(embedder, batch, todo, buffer, summary, failures)
@@ -420,18 +421,40 @@ def _identity(x):
 
 
 class _LazyEmbedder:
-    """make_embedder(config) on first use; the build time goes into the summary (`model_seconds`,
-    None while no model was built), so a run says whether it paid for a model at all."""
+    """make_embedder(config) once an item needs it; the build time goes into the summary (`model_seconds`,
+    None while no model was built), so a run says whether it paid for a model at all.
+
+    `start()` (called on the first item that needs embedding) builds it in a background thread while the
+    workers go on decoding the rest of the first batch; `get()` waits for it. The build's error, if any,
+    is raised by `get()` in the main thread."""
 
     def __init__(self, config: Config, progress: bool, summary: ExtractSummary):
         self.config, self.progress, self.summary = config, progress, summary
         self._embedder = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        if self._embedder is None and self._thread is None:
+            self._thread = threading.Thread(target=self._build, name="mvbind-model-build", daemon=True)
+            self._thread.start()
+
+    def _build(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._embedder = make_embedder(self.config, progress=self.progress)
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread by get()
+            self._error = err
+        self.summary.model_seconds = time.perf_counter() - t0
 
     def get(self):
-        if self._embedder is None:
-            t0 = time.perf_counter()
-            self._embedder = make_embedder(self.config, progress=self.progress)
-            self.summary.model_seconds = time.perf_counter() - t0
+        if self._thread is None:
+            self._build()
+        else:
+            self._thread.join()
+        if self._error is not None:
+            error, self._error, self._thread = self._error, None, None
+            raise error
         return self._embedder
 
 
