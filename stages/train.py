@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from mvbind.cache import CacheError, FeatureCache, Namespace
-from mvbind.pipeline.binding.checkpoint import save_checkpoint
+from mvbind.pipeline.binding.checkpoint import read_checkpoint, save_checkpoint
 from mvbind.pipeline.binding.groups import MusicGroups
 from mvbind.pipeline.binding.loss import BindingLoss
 from mvbind.pipeline.binding.metrics import retrieval_ranks
@@ -43,9 +43,11 @@ from mvbind.pipeline.binding.splits import Split
 from mvbind.pipeline.binding.training import (
     _inputs,
     encode,
+    enter_phase,
     lr_at,
     make_split,
     music_groups,
+    phases,
     relabel,
     skipped_note,
     train_epoch,
@@ -205,6 +207,7 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
         model = BindingModel(spec).to(device)
         loss_fn = BindingLoss(multi_positive=t.multi_positive)
         params = param_groups(model, t.weight_decay, t.branch_lr_scale)
+        branch_groups = [g["branch"] for g in params]
         opt = torch.optim.AdamW(params, lr=t.lr, betas=(0.9, 0.98), eps=1e-6,
                                 fused=True)  # CLIP's betas and eps; fused: one kernel per step on CPU
         train_idx, val_idx = split.indices("train"), split.indices("val")
@@ -228,7 +231,10 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
         resumed_at = start.resumed_at + [start.epoch] if last is not None else []
         best_score, best_epoch, best_val, bad, step = (start.best_score, start.best_epoch, start.best_val, start.bad,
                                                        start.step)
-        early_stop = f"early stop: no better val R@{select_k} for {t.patience} epochs"
+        plan, phase, phase_epochs = phases(t), start.phase, list(start.phase_epochs)
+        enter_phase(model, opt, branch_groups, plan[phase], t.branch_lr_scale)
+        early_stop = f"early stop: no better val R@{select_k} for {t.patience} epochs" + (
+            f" ({len(plan)} phases)" if len(plan) > 1 else "")
         stopped = bool(t.patience and bad >= t.patience)  # killed after its last checkpoint, before the end
         stop_reason = early_stop if stopped else f"ran all {t.epochs} epochs"
         log_path = run_dir / "metrics.jsonl"
@@ -257,7 +263,8 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
             if progress:
                 bar.set_postfix_str(f"loss {mean_loss:.4f} val R@{select_k} {score:.3f}{' *' if improved else ''}")
                 bar.close()
-            record = {"epoch": epoch, "step": step, "train_loss": mean_loss, "val_loss": v_loss, "lr": lr,
+            record = {"epoch": epoch, "step": step, "phase": phase, "train_loss": mean_loss, "val_loss": v_loss,
+                      "lr": lr * plan[phase].lr_factor,
                       "logit_scale": float(model.logit_scale.detach().exp()), "val": val,
                       f"val_r{select_k}_mean": score,
                       "improved": improved, "train_seconds": round(train_seconds, 4),
@@ -270,8 +277,17 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
                                 metrics={"val": val, "select": t.select_metric, "score": score})
             else:
                 bad += 1
+            if t.patience and bad >= t.patience and phase + 1 < len(plan):
+                # a plateau ends this phase: the next starts from the best epoch's weights (the optimiser's
+                # moments and the schedule's step go on); last.pt below records the switch
+                phase, bad = phase + 1, 0
+                phase_epochs.append(epoch)
+                model.load_state_dict(read_checkpoint(run_dir / "best.pt")["state_dict"])
+                enter_phase(model, opt, branch_groups, plan[phase], t.branch_lr_scale)
+                notify(f"val plateau after epoch {epoch}: phase {phase + 1} of {len(plan)} starts from epoch "
+                       f"{best_epoch}'s weights")
             now = Progress(epoch, step, best_score, best_epoch, best_val, bad,
-                           start.seconds + time.perf_counter() - t_start, resumed_at)
+                           start.seconds + time.perf_counter() - t_start, resumed_at, phase, phase_epochs)
             save_checkpoint(run_dir / "last.pt", model, fingerprint=pairs.fingerprint, epoch=epoch,
                             metrics={"val": val, "select": t.select_metric, "score": score},
                             training=training_state(now, opt, gen, device))
@@ -283,7 +299,7 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
                 "epochs_run": epoch, "steps": step, "stop_reason": stop_reason,
                 "logit_scale": float(model.logit_scale.detach().exp()),
                 "pairs": {"train": int(n), "val": int(len(val_idx)), "test": int(len(split.indices("test")))},
-                "resumed_after_epochs": resumed_at,
+                "resumed_after_epochs": resumed_at, "phase_changes_after_epochs": phase_epochs,
                 "seconds": round(start.seconds + time.perf_counter() - t_start, 3)}
     finally:
         torch.set_num_threads(threads_before)

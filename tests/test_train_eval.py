@@ -282,6 +282,38 @@ def test_bad_input_is_one_line(home, case, capsys):
     assert not (home / "runs" / f"bad-{case}").exists()  # nothing written for a refused run
 
 
+def test_residual_trains_its_linear_map_alone_until_a_plateau_then_goes_on_from_the_best_epoch(home, planted):
+    # min_lr = lr: a constant rate after warm-up, so a run cut at an earlier epoch follows the same path
+    sets = options(home, "cache", "train.patience=2", "train.plateau_drops=1", "train.min_lr=0.001")
+    base = ["--cache", planted.fingerprint[:10], "--quiet", *sets]
+    runs = home / "runs"
+    assert cli_main(["train", "--name", "staged", "--epochs", "30", *base]) == 0
+    assert cli_main(["train", "--name", "staged-linear", "--epochs", "30", *base,
+                     "--set", "train.projector=linear"]) == 0
+
+    def records(run):
+        return [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+                for line in (runs / run / "metrics.jsonl").read_text().splitlines()]
+
+    staged, linear = records("staged"), records("staged-linear")
+    final = json.loads((runs / "staged" / "final_metrics.json").read_text())
+    first, second = final["phase_changes_after_epochs"]  # branch on, then the lower learning rate
+    assert [r["phase"] for r in staged] == [0] * first + [1] * (second - first) + [2] * (len(staged) - second)
+    # until the first plateau the branch is frozen and skipped: exactly the linear projector's run
+    assert staged[:first] == linear[:first] and staged[first] != linear[first]
+    assert staged[second]["lr"] == pytest.approx(0.3 * staged[second - 1]["lr"])
+    assert final["best_score"] >= json.loads((runs / "staged-linear" / "final_metrics.json").read_text())["best_score"]
+
+    # a run that ends at the first plateau has switched: last.pt holds the best epoch's weights
+    assert cli_main(["train", "--name", "staged-cut", "--epochs", str(first), *base]) == 0
+    assert records("staged-cut") == staged[:first]
+    best = torch.load(runs / "staged-cut" / "best.pt", weights_only=True)
+    last = torch.load(runs / "staged-cut" / "last.pt", weights_only=True)
+    assert best["epoch"] < first == last["epoch"] and last["training"]["progress"]["phase"] == 1
+    assert all(torch.equal(best["state_dict"][k], last["state_dict"][k]) for k in best["state_dict"])
+    assert not best["state_dict"]["heads.video.branch.fc2.weight"].any()  # frozen at zero so far
+
+
 def test_lr_warmup_then_cosine():
     lr = [lr_at(i, base=1.0, floor=0.1, warmup=4, total=20) for i in range(21)]
     assert lr[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])

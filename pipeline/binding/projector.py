@@ -95,6 +95,7 @@ class Head(nn.Module):
     def __init__(self, in_dim: int, spec: ProjectorSpec):
         super().__init__()
         self.branch: Branch | None = None
+        self.branch_on = True  # the training loop turns it off while the branch is frozen (not a weight)
         if spec.projector in ("linear", "residual"):
             self.blocks = nn.Sequential()
             self.ln_out = nn.Identity()
@@ -105,12 +106,13 @@ class Head(nn.Module):
         else:
             raise ValueError(f"unknown projector {spec.projector!r}; choose linear, residual or mlp")
         self.proj = nn.Linear(in_dim, spec.embed_dim, bias=spec.projector == "mlp")
-        if spec.projector == "residual":
-            self.branch = Branch(in_dim, spec.hidden_dim, spec.embed_dim, spec.dropout)
+
+    def add_branch(self, spec: ProjectorSpec) -> None:
+        self.branch = Branch(self.proj.in_features, spec.hidden_dim, spec.embed_dim, spec.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.proj(self.ln_out(self.blocks(x)))
-        if self.branch is not None:
+        if self.branch is not None and self.branch_on:
             z = z + self.branch(x)
         return F.normalize(z, dim=-1)
 
@@ -124,6 +126,11 @@ class BindingModel(nn.Module):
         dims = spec.dims()
         self.pools = nn.ModuleDict({m: make_pool(spec.pooling, d) for m, d in dims.items()})
         self.heads = nn.ModuleDict({m: Head(d, spec) for m, d in dims.items()})
+        if spec.projector == "residual":
+            # drawn after every other weight, so a residual model's linear maps start exactly as the
+            # linear projector's do (the same seed): frozen branches train exactly the linear run
+            for head in self.heads.values():
+                head.add_branch(spec)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / spec.init_temperature)))
 
     @property
@@ -153,6 +160,12 @@ class BindingModel(nn.Module):
                         state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def set_branch(self, on: bool) -> None:
+        """Use the residual heads' MLP branches or skip them (while frozen: then they add nothing, draw no
+        dropout noise and get no gradient, so the head is exactly its linear map)."""
+        for head in self.heads.values():
+            head.branch_on = on
+
     @torch.no_grad()
     def clamp_logit_scale(self, max_scale: float) -> None:
         """CLIP: keep exp(logit_scale) in [1, max_scale] (done after every optimiser step)."""
@@ -176,5 +189,5 @@ def param_groups(model: nn.Module, weight_decay: float, branch_lr_scale: float =
     for (branch, decay), params in groups.items():
         if params or not branch:  # the two plain groups always exist (callers index them)
             out.append({"params": params, "weight_decay": weight_decay if decay else 0.0,
-                        "lr_scale": branch_lr_scale if branch else 1.0})
+                        "lr_scale": branch_lr_scale if branch else 1.0, "branch": branch})
     return out

@@ -92,6 +92,34 @@ def lr_at(step: int, *, base: float, floor: float, warmup: int, total: int) -> f
     return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * progress))
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of training between validation plateaus."""
+
+    branch: bool  # the residual heads' MLP branches train (else they are skipped: the heads are linear)
+    lr_factor: float  # times the scheduled learning rate
+
+
+def phases(t) -> list[Phase]:
+    """The phases a run goes through (`train.branch_start`, `train.plateau_drops`); a plateau of
+    `train.patience` epochs ends one, and the next starts from the best epoch's weights. The last
+    plateau ends the run. With `patience = 0` there are no plateaus: one phase, the branch trains."""
+    if not t.patience:
+        return [Phase(True, 1.0)]
+    out = [Phase(False, 1.0)] if t.projector == "residual" and t.branch_start == "plateau" else []
+    out.append(Phase(True, 1.0))
+    out += [Phase(True, t.plateau_lr_factor ** (i + 1)) for i in range(t.plateau_drops)]
+    return out
+
+
+def enter_phase(model: BindingModel, opt: torch.optim.Optimizer, branch_groups: list[bool], phase: Phase,
+                branch_lr_scale: float) -> None:
+    """Set the model's branches and each optimiser group's learning-rate scale for `phase`."""
+    model.set_branch(phase.branch)
+    for group, is_branch in zip(opt.param_groups, branch_groups, strict=True):
+        group["lr_scale"] = phase.lr_factor * ((branch_lr_scale if phase.branch else 0.0) if is_branch else 1.0)
+
+
 def train_epoch(model: BindingModel, opt: torch.optim.Optimizer, loss_fn: BindingLoss, video: torch.Tensor,
                 audio: torch.Tensor, groups: torch.Tensor | None, *, batch_size: int, generator: torch.Generator,
                 lr_of_step: Callable[[int], float], first_step: int = 0, max_logit_scale: float = 100.0,

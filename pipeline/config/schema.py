@@ -121,6 +121,8 @@ POOLINGS = ("mean", "attention")
 
 PROJECTORS = ("linear", "residual", "mlp")
 
+BRANCH_STARTS = ("plateau", "start")
+
 SELECT_METRICS = ("r1", "r5", "r10", "r25", "r50")
 
 EVAL_SPLITS = ("test", "val", "train")
@@ -146,6 +148,11 @@ class TrainConfig:
     epochs: int = 50
     lr: float = 1e-3
     branch_lr_scale: float = 0.3  # the residual head's MLP branch learns at lr x this (docs/STAGE_TWO.md)
+    # phases: a val plateau (`patience` epochs without improvement) ends a phase; the next one starts from
+    # the best epoch's weights; the last plateau ends the run (docs/STAGE_TWO.md). None with patience = 0.
+    branch_start: str = "plateau"  # residual: plateau = linear map alone first, then the branch too | start
+    plateau_drops: int = 1  # then that many phases at plateau_lr_factor x the previous learning rate
+    plateau_lr_factor: float = 0.3
     weight_decay: float = 0.1  # AdamW; not applied to biases, LayerNorm gains, the pooling query, logit_scale
     warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to min_lr
     min_lr: float = 0.0
