@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,9 @@ class Progress:
     resumed_at: list[int] = field(default_factory=list)  # epochs after which the run was resumed
     phase: int = 0  # index into training.phases(settings); a plateau moves on from the best epoch's weights
     phase_epochs: list[int] = field(default_factory=list)  # epochs after which each later phase began
+    best_loss: float = math.inf  # val loss of the best epoch (breaks ties of the score)
+    phase_best: list[float] | None = None  # [score, -val loss] of this phase's best epoch; None: the run's best
+    phase_losses: list[float] = field(default_factory=list)  # the lowest val loss of each phase so far
 
 
 def training_state(progress: Progress, opt: torch.optim.Optimizer, generator: torch.Generator,
