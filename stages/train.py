@@ -6,8 +6,9 @@
         split.json           the rule and the item keys of train / val / test
         groups.json          music-group settings, summary, and the keys of every shared-track group
         model.json           the ProjectorSpec (shapes) of the checkpoint
-        metrics.jsonl        one line per epoch: train and val loss, lr, temperature, validation recall, seconds
-        best.pt              the checkpoint with the best validation recall (weights-only loadable)
+        metrics.jsonl        one line per epoch: phase, train and val loss, lr, temperature, validation recall, seconds
+        best.pt              the checkpoint with the best validation recall (weights-only loadable; with the
+                             optimiser state while a later phase may start from it: training.phases)
         last.pt              the latest epoch's checkpoint plus the state `train --resume` continues from
         final_metrics.json   written last: best epoch, its validation metrics, why training stopped
         curves.png           train/val loss, val recall and temperature per epoch

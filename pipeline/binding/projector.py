@@ -7,8 +7,9 @@
 A head is one of:
 - linear: one linear map to `embed_dim`;
 - residual: that linear map plus an MLP branch, W x + U Drop(GELU(W1 LN(x))), whose last layer
-  U starts at zero, so training starts from the linear head and adds only the nonlinearity the
-  data pays for (on planted and demo data it beats both others: docs/STAGE_TWO.md);
+  U starts at zero, so training starts from the linear head. The branch's weights are drawn after
+  every other weight (a residual model's linear maps start as the linear model's with the same seed)
+  and it can be switched off (`set_branch`): the training loop's phases use both (docs/STAGE_TWO.md);
 - mlp: `depth` pre-LayerNorm residual MLP blocks at the input width (x + Drop(W2 GELU(W1 LN(x))))
   followed by LayerNorm and a linear map to `embed_dim` (the earlier default; it overfits).
 `ProjectorSpec` holds every shape-determining choice; it is stored in checkpoints and a

@@ -8,9 +8,10 @@ Each epoch writes `last.pt` beside `best.pt` (atomically): a projector checkpoin
 - the random states: torch's global generator (dropout; it also drew the initial weights), the
   batch-order generator, and the CUDA generator when training there. numpy's and Python's are not
   stored because the loop draws nothing from them (the resume test would catch it if it began to);
-- the early-stopping state (best score, epoch and metrics, epochs since the best), the phase (a plateau
-  moves to the next one and reloads the best epoch's weights, which last.pt then holds; `training.phases`),
-  the loop's time so far,
+- the early-stopping state (best score and val loss, epoch and metrics, epochs since the phase's best), the
+  phase with its best and each phase's lowest val loss (a plateau moves to the next phase, which begins
+  from best.pt or as a new run; last.pt is written after that, so it holds where the next phase begins;
+  `training.phases`), the loop's time so far,
   and the epochs at which the run was resumed.
 
 Everything is a tensor or a plain type, so `torch.load(weights_only=True)` reads it. A resume is refused
