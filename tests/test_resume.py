@@ -149,3 +149,16 @@ def test_resume_before_the_first_epoch_ended_starts_over(home, capsys):
     a = torch.load(runs / "early" / "last.pt", weights_only=True)["state_dict"]
     b = torch.load(runs / "early-ref" / "last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_recorded_before_the_phase_settings_resumes_as_it_trained():
+    # config.json of a run from before train.branch_start / plateau_*: it trained as branch_start "start"
+    # with no drops, so a resume with those values continues it; the new defaults are a change of settings
+    from mvbind.pipeline.binding.resume import changed_settings
+    from mvbind.pipeline.config import load_config, to_dict
+
+    old = json.loads(json.dumps(to_dict(load_config(overrides={"train.branch_start": "start"}))))
+    for key in ("branch_start", "plateau_drops", "plateau_lr_factor"):
+        del old["train"][key]
+    assert changed_settings(old, load_config(overrides={"train.branch_start": "start"})) == []
+    assert changed_settings(old, load_config()) == ['train.branch_start "start" → "rerun"']
