@@ -6,8 +6,9 @@
         split.json           the rule and the item keys of train / val / test
         groups.json          music-group settings, summary, and the keys of every shared-track group
         model.json           the ProjectorSpec (shapes) of the checkpoint
-        metrics.jsonl        one line per epoch: train and val loss, lr, temperature, validation recall, seconds
-        best.pt              the checkpoint with the best validation recall (weights-only loadable)
+        metrics.jsonl        one line per epoch: phase, train and val loss, lr, temperature, validation recall, seconds
+        best.pt              the checkpoint with the best validation recall (weights-only loadable; with the
+                             optimiser state while a later phase may start from it: training.phases)
         last.pt              the latest epoch's checkpoint plus the state `train --resume` continues from
         final_metrics.json   written last: best epoch, its validation metrics, why training stopped
         curves.png           train/val loss, val recall and temperature per epoch
@@ -30,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from mvbind.cache import CacheError, FeatureCache, Namespace
-from mvbind.pipeline.binding.checkpoint import save_checkpoint
+from mvbind.pipeline.binding.checkpoint import read_checkpoint, save_checkpoint
 from mvbind.pipeline.binding.groups import MusicGroups
 from mvbind.pipeline.binding.loss import BindingLoss
 from mvbind.pipeline.binding.metrics import retrieval_ranks
@@ -42,10 +43,13 @@ from mvbind.pipeline.binding.runs import RunError, _read, claim_run_dir, find_ru
 from mvbind.pipeline.binding.splits import Split
 from mvbind.pipeline.binding.training import (
     _inputs,
+    begin_phase,
     encode,
+    enter_phase,
     lr_at,
     make_split,
     music_groups,
+    phases,
     relabel,
     skipped_note,
     train_epoch,
@@ -205,6 +209,7 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
         model = BindingModel(spec).to(device)
         loss_fn = BindingLoss(multi_positive=t.multi_positive)
         params = param_groups(model, t.weight_decay, t.branch_lr_scale)
+        branch_groups = [g["branch"] for g in params]
         opt = torch.optim.AdamW(params, lr=t.lr, betas=(0.9, 0.98), eps=1e-6,
                                 fused=True)  # CLIP's betas and eps; fused: one kernel per step on CPU
         train_idx, val_idx = split.indices("train"), split.indices("val")
@@ -221,23 +226,35 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
         warmup = int(round(t.warmup_epochs * steps))
         gen = torch.Generator().manual_seed(t.seed)
 
+        def origin() -> int:
+            """The epoch after which the current learning-rate schedule began (a new-run phase restarts it)."""
+            return max([phase_epochs[j - 1] for j in range(1, phase + 1) if plan[j].start == "init"], default=0)
+
         def schedule(i: int) -> float:
-            return lr_at(i, base=t.lr, floor=t.min_lr, warmup=warmup, total=total)
+            return lr_at(i - origin() * steps, base=t.lr, floor=t.min_lr, warmup=warmup, total=total)
 
         start = restore(last, model, opt, gen, device) if last is not None else Progress()
         resumed_at = start.resumed_at + [start.epoch] if last is not None else []
         best_score, best_epoch, best_val, bad, step = (start.best_score, start.best_epoch, start.best_val, start.bad,
                                                        start.step)
-        early_stop = f"early stop: no better val R@{select_k} for {t.patience} epochs"
+        best_key = (best_score, -start.best_loss)  # val R@K, ties broken by the lower val loss
+        phase_key = best_key if start.phase_best is None else tuple(start.phase_best)  # this phase's best
+        phase_losses = list(start.phase_losses)  # the lowest val loss of each phase so far
+        plan, phase, phase_epochs = phases(t), start.phase, list(start.phase_epochs)
+        enter_phase(model, opt, branch_groups, plan[phase], t.branch_lr_scale)
+        early_stop = f"early stop: no better val R@{select_k} for {t.patience} epochs" + (
+            f" ({len(plan)} phases)" if len(plan) > 1 else "")
         stopped = bool(t.patience and bad >= t.patience)  # killed after its last checkpoint, before the end
-        stop_reason = early_stop if stopped else f"ran all {t.epochs} epochs"
+        stop_reason = early_stop if stopped else f"ran all {t.epochs} epochs" + (
+            " of its last phase's schedule" if origin() else "")
         log_path = run_dir / "metrics.jsonl"
         val_groups_t = torch.from_numpy(val_groups).to(device)
         t_start = time.perf_counter()
         epoch = start.epoch
-        for epoch in range(t.epochs + 1 if stopped else start.epoch + 1, t.epochs + 1):
+        while not stopped and epoch < origin() + t.epochs:
+            epoch += 1
             t_epoch = time.perf_counter()
-            bar = tqdm(total=steps, desc=f"epoch {epoch}/{t.epochs}", unit="step", disable=not progress,
+            bar = tqdm(total=steps, desc=f"epoch {epoch}/{origin() + t.epochs}", unit="step", disable=not progress,
                        leave=True, dynamic_ncols=True, file=sys.stderr)
             loss_sum, lr = train_epoch(model, opt, loss_fn, tv, ta, tg, batch_size=bs, generator=gen,
                                        lr_of_step=schedule, first_step=step, max_logit_scale=t.max_logit_scale,
@@ -253,11 +270,20 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
             val = val_summary(r_v2m, r_m2v, ks)
             v_loss = val_loss(loss_fn, ve, ae, model.logit_scale.detach().exp(), val_groups_t, batch_size=bs)
             score = (val["video_to_music"][f"R@{select_k}"] + val["music_to_video"][f"R@{select_k}"]) / 2
-            improved = score > best_score
+            key = (score, -v_loss)
+            phase_losses[phase:] = [min(phase_losses[phase:] + [v_loss])]
+            if phase and plan[phase].start == "init":
+                # a second projector: its epochs are candidates once its val loss has gone below every earlier
+                # phase's lowest (the loss, less noisy than R@K on a small val split, picks the projector; then
+                # its own best R@K epoch replaces best.pt, even when a lower R@K than the earlier projector's)
+                improved = key > phase_key and phase_losses[phase] < min(phase_losses[:phase])
+            else:
+                improved = key > best_key
             if progress:
                 bar.set_postfix_str(f"loss {mean_loss:.4f} val R@{select_k} {score:.3f}{' *' if improved else ''}")
                 bar.close()
-            record = {"epoch": epoch, "step": step, "train_loss": mean_loss, "val_loss": v_loss, "lr": lr,
+            record = {"epoch": epoch, "step": step, "phase": phase, "train_loss": mean_loss, "val_loss": v_loss,
+                      "lr": lr * plan[phase].lr_factor,
                       "logit_scale": float(model.logit_scale.detach().exp()), "val": val,
                       f"val_r{select_k}_mean": score,
                       "improved": improved, "train_seconds": round(train_seconds, 4),
@@ -265,25 +291,39 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if improved:
-                best_score, best_epoch, best_val, bad = score, epoch, val, 0
+                best_key, best_score, best_epoch, best_val = key, score, epoch, val
+                # a later phase that starts from the best epoch needs its optimiser state too
+                resumes_best = any(p.start == "best" for p in plan[phase + 1:])
                 save_checkpoint(run_dir / "best.pt", model, fingerprint=pairs.fingerprint, epoch=epoch,
-                                metrics={"val": val, "select": t.select_metric, "score": score})
+                                metrics={"val": val, "select": t.select_metric, "score": score},
+                                training={"optimizer": opt.state_dict()} if resumes_best else None)
+            if key > phase_key:
+                phase_key, bad = key, 0
             else:
                 bad += 1
+            if t.patience and bad >= t.patience and phase + 1 < len(plan):
+                # a plateau ends this phase; last.pt below records where the next one begins
+                phase, bad, phase_key = phase + 1, 0, (-1.0, -math.inf)
+                phase_epochs.append(epoch)
+                best_ck = read_checkpoint(run_dir / "best.pt") if plan[phase].start == "best" else {}
+                begin_phase(plan[phase], model, opt, gen, seed=t.seed, best=best_ck)
+                enter_phase(model, opt, branch_groups, plan[phase], t.branch_lr_scale)
+                notify(f"val plateau after epoch {epoch}: phase {phase + 1} of {len(plan)} starts from "
+                       + (f"epoch {best_epoch}'s weights" if plan[phase].start == "best" else "the initial weights"))
             now = Progress(epoch, step, best_score, best_epoch, best_val, bad,
-                           start.seconds + time.perf_counter() - t_start, resumed_at)
+                           start.seconds + time.perf_counter() - t_start, resumed_at, phase, phase_epochs,
+                           -best_key[1], list(phase_key), phase_losses)
             save_checkpoint(run_dir / "last.pt", model, fingerprint=pairs.fingerprint, epoch=epoch,
                             metrics={"val": val, "select": t.select_metric, "score": score},
                             training=training_state(now, opt, gen, device))
             if t.patience and bad >= t.patience:
-                stop_reason = early_stop
-                break
+                stop_reason, stopped = early_stop, True
         return {"run": run_dir.name, "fingerprint": pairs.fingerprint, "best_epoch": best_epoch,
                 "best_val": best_val, "select_metric": t.select_metric, "best_score": best_score,
                 "epochs_run": epoch, "steps": step, "stop_reason": stop_reason,
                 "logit_scale": float(model.logit_scale.detach().exp()),
                 "pairs": {"train": int(n), "val": int(len(val_idx)), "test": int(len(split.indices("test")))},
-                "resumed_after_epochs": resumed_at,
+                "resumed_after_epochs": resumed_at, "phase_changes_after_epochs": phase_epochs,
                 "seconds": round(start.seconds + time.perf_counter() - t_start, 3)}
     finally:
         torch.set_num_threads(threads_before)

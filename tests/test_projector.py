@@ -15,9 +15,9 @@ def spec(projector: str, **kw) -> ProjectorSpec:
 
 def test_residual_head_starts_as_the_linear_head_and_then_learns_a_nonlinearity():
     torch.manual_seed(0)
-    linear, residual = BindingModel(spec("linear")), BindingModel(spec("residual", dropout=0.5))
-    for m in linear.modalities:
-        residual.heads[m].proj.weight.data.copy_(linear.heads[m].proj.weight)
+    linear = BindingModel(spec("linear"))
+    torch.manual_seed(0)  # the branches are drawn last: the same seed gives the linear model's maps
+    residual = BindingModel(spec("residual", dropout=0.5))
     x = torch.randn(6, 5, 16)
     residual.train()  # dropout on: the zero-initialised last layer still adds exactly nothing
     assert torch.equal(residual.encode_video(x), linear.encode_video(x))
@@ -28,6 +28,9 @@ def test_residual_head_starts_as_the_linear_head_and_then_learns_a_nonlinearity(
     assert residual.heads["video"].branch.fc2.weight.abs().sum() > 0  # the branch gets gradient from step one
     residual.eval()
     assert not torch.allclose(residual.encode_video(x), linear.encode_video(x))
+    residual.set_branch(False)  # skipped (while frozen in training): the linear map alone
+    linear_part = residual.heads["video"].proj(residual.pools["video"](x))
+    assert torch.equal(residual.encode_video(x), torch.nn.functional.normalize(linear_part, dim=-1))
 
 
 def test_residual_runs_round_trip_through_checkpoints(tmp_path):

@@ -63,54 +63,68 @@ def kill_after(cmd: list[str], log, epochs: int, env: dict) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def test_killed_run_resumes_to_the_same_weights(home, capsys):
+# patience 0: one phase, every epoch runs; phased: plateaus switch phases (the residual run after the linear
+# one, from the initial weights and reseeded random states; then two lower rates from best.pt) and end the run
+PHASED = ["train.patience=2", "train.plateau_drops=2", "train.lr=0.003"]
+
+
+@pytest.mark.parametrize("phased", [False, True], ids=["epochs", "phased"])
+def test_killed_run_resumes_to_the_same_weights(home, capsys, phased):
     root, ns = home
     runs = root / "runs"
-    assert cli_main(["train", "--name", "whole", *args(root, ns)]) == 0
+    extra = PHASED if phased else []
+    whole_name, name = ("whole-phased", "killed-phased") if phased else ("whole", "killed")
+    whole_dir = runs / whole_name
+    assert cli_main(["train", "--name", whole_name, *args(root, ns, *extra)]) == 0
+    final_a = json.loads((whole_dir / "final_metrics.json").read_text())
+    kill_at = 3
+    if phased:  # kill once an epoch after the first switch is logged: last.pt then holds the new phase
+        assert len(final_a["phase_changes_after_epochs"]) == 3 and "early stop" in final_a["stop_reason"]
+        kill_at = final_a["phase_changes_after_epochs"][0] + 1
 
-    killed = runs / "killed"
+    killed = runs / name
     env = {**os.environ, "MVBIND_HOME": str(root / "home")}
-    kill_after([sys.executable, "-m", "mvbind", "train", "--name", "killed", *args(root, ns)],
-               killed / "metrics.jsonl", 3, env)
+    kill_after([sys.executable, "-m", "mvbind", "train", "--name", name, *args(root, ns, *extra)],
+               killed / "metrics.jsonl", kill_at, env)
     assert not (killed / "final_metrics.json").exists()
     stopped_at = torch.load(killed / "last.pt", weights_only=True)["epoch"]
-    assert 2 <= stopped_at < EPOCHS
+    assert kill_at - 1 <= stopped_at < final_a["epochs_run"]
+    assert torch.load(killed / "last.pt", weights_only=True)["training"]["progress"]["phase"] == (1 if phased else 0)
     with open(killed / "metrics.jsonl", "a") as f:  # what a kill in the middle of a write leaves
         f.write('{"epoch": 99, "train_lo')
     capsys.readouterr()
 
     # other settings than the run's: refused in one line, nothing touched
     before = (killed / "metrics.jsonl").read_bytes()
-    assert cli_main(["train", "--resume", "killed", *args(root, ns, "train.lr=0.002")]) == 2
+    assert cli_main(["train", "--resume", name, *args(root, ns, *extra, "train.lr=0.0025")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "train.lr 0.001 → 0.002" in err[0] and "config.json" in err[0]
+    assert len(err) == 1 and f"train.lr {0.003 if phased else 0.001} → 0.0025" in err[0] and "config.json" in err[0]
     assert (killed / "metrics.jsonl").read_bytes() == before
 
-    assert cli_main(["train", "--resume", "killed", *args(root, ns)]) == 0
-    assert f"resuming killed after epoch {stopped_at}" in capsys.readouterr().err
+    assert cli_main(["train", "--resume", name, *args(root, ns, *extra)]) == 0
+    assert f"resuming {name} after epoch {stopped_at}" in capsys.readouterr().err
 
-    for name in ("best.pt", "last.pt"):
-        a = torch.load(runs / "whole" / name, weights_only=True)
-        b = torch.load(killed / name, weights_only=True)
+    for file in ("best.pt", "last.pt"):
+        a = torch.load(whole_dir / file, weights_only=True)
+        b = torch.load(killed / file, weights_only=True)
         assert a["epoch"] == b["epoch"] and a["state_dict"].keys() == b["state_dict"].keys()
-        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), name
-    last_a = torch.load(runs / "whole" / "last.pt", weights_only=True)["training"]
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), file
+    last_a = torch.load(whole_dir / "last.pt", weights_only=True)["training"]
     last_b = torch.load(killed / "last.pt", weights_only=True)["training"]
     moments = [(s, k) for s in last_a["optimizer"]["state"] for k in last_a["optimizer"]["state"][s]]
     assert moments and all(torch.equal(last_a["optimizer"]["state"][s][k], last_b["optimizer"]["state"][s][k])
                            for s, k in moments)
     assert all(torch.equal(last_a["rng"][k], last_b["rng"][k]) for k in ("torch", "batch_order"))
 
-    whole, resumed = records(runs / "whole"), records(killed)
-    assert [r["epoch"] for r in resumed] == list(range(1, EPOCHS + 1))  # continued, no epoch twice
+    whole, resumed = records(whole_dir), records(killed)
+    assert [r["epoch"] for r in resumed] == list(range(1, final_a["epochs_run"] + 1))  # continued, no epoch twice
     assert [without_time(r) for r in resumed] == [without_time(r) for r in whole]
-    final_a = json.loads((runs / "whole" / "final_metrics.json").read_text())
     final_b = json.loads((killed / "final_metrics.json").read_text())
     assert without_time(final_a) == without_time(final_b) and final_b["resumed_after_epochs"] == [stopped_at]
-    assert final_a["epochs_run"] == EPOCHS and (killed / "curves.png").is_file()
+    assert final_a["stop_reason"].startswith("early stop") == phased and (killed / "curves.png").is_file()
 
     # a finished run is not resumed again
-    assert cli_main(["train", "--resume", "killed", *args(root, ns)]) == 2
+    assert cli_main(["train", "--resume", name, *args(root, ns, *extra)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the run finished" in err[0]
 
@@ -135,3 +149,16 @@ def test_resume_before_the_first_epoch_ended_starts_over(home, capsys):
     a = torch.load(runs / "early" / "last.pt", weights_only=True)["state_dict"]
     b = torch.load(runs / "early-ref" / "last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_recorded_before_the_phase_settings_resumes_as_it_trained():
+    # config.json of a run from before train.branch_start / plateau_*: it trained as branch_start "start"
+    # with no drops, so a resume with those values continues it; the new defaults are a change of settings
+    from mvbind.pipeline.binding.resume import changed_settings
+    from mvbind.pipeline.config import load_config, to_dict
+
+    old = json.loads(json.dumps(to_dict(load_config(overrides={"train.branch_start": "start"}))))
+    for key in ("branch_start", "plateau_drops", "plateau_lr_factor"):
+        del old["train"][key]
+    assert changed_settings(old, load_config(overrides={"train.branch_start": "start"})) == []
+    assert changed_settings(old, load_config()) == ['train.branch_start "start" → "rerun"']

@@ -6,7 +6,9 @@ can find the pairing, raw cosine can't. No encoder weights exist (MVBIND_HOME is
 encoder modules are made unimportable, and no item path exists on disk.
 """
 
+import copy
 import json
+import math
 import shutil
 import sys
 
@@ -280,6 +282,78 @@ def test_bad_input_is_one_line(home, case, capsys):
     if case == "nan":
         assert ".h5 row 1" in err and "nan or inf" in err
     assert not (home / "runs" / f"bad-{case}").exists()  # nothing written for a refused run
+
+
+def test_residual_runs_the_linear_projector_then_the_residual_one_and_keeps_the_better(home, planted):
+    sets = options(home, "cache", "train.patience=2")
+    base = ["--cache", planted.fingerprint[:10], "--quiet", "--epochs", "30", *sets]
+    runs = home / "runs"
+    assert cli_main(["train", "--name", "rerun", *base, "--set", "train.plateau_drops=1"]) == 0
+    assert cli_main(["train", "--name", "rerun-linear", *base, "--set", "train.projector=linear"]) == 0
+    assert cli_main(["train", "--name", "rerun-start", *base, "--set", "train.branch_start=start"]) == 0
+
+    def records(run):
+        return [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+                for line in (runs / run / "metrics.jsonl").read_text().splitlines()]
+
+    def numbers(recs):  # what does not depend on where in the run an epoch falls
+        return [{k: v for k, v in r.items() if k not in ("epoch", "step", "phase", "improved")} for r in recs]
+
+    rerun, linear, start = records("rerun"), records("rerun-linear"), records("rerun-start")
+    final = json.loads((runs / "rerun" / "final_metrics.json").read_text())
+    first, second = final["phase_changes_after_epochs"]  # the residual run begins, then the lower rate
+    assert [r["phase"] for r in rerun] == [0] * first + [1] * (second - first) + [2] * (len(rerun) - second)
+    # phase 1: exactly the linear projector's run (the frozen branch is skipped, the maps start alike) ...
+    assert rerun[:first] == linear
+    # ... phase 2: exactly the run whose branch trains from the first step (same weights, random states, schedule)
+    assert numbers(rerun[first:second]) == numbers(start)
+    # the residual run's epochs replace best.pt only once its val loss is below the linear run's lowest
+    lowest_linear, lowest = min(r["val_loss"] for r in linear), math.inf
+    for r in rerun[first:second]:
+        lowest = min(lowest, r["val_loss"])
+        assert not r["improved"] or lowest < lowest_linear
+    assert any(r["improved"] for r in rerun[first:second]) == (min(r["val_loss"] for r in start) < lowest_linear)
+    assert 0.2 < rerun[second]["lr"] / rerun[second - 1]["lr"] <= 0.3  # 0.3 x the cosine, which goes on
+    best = torch.load(runs / "rerun" / "best.pt", weights_only=True)
+    assert best["epoch"] == final["best_epoch"]
+    # the optimiser state goes with it while a later phase may start from it (then best.pt is larger)
+    assert ("training" in best) == (final["best_epoch"] <= second)
+
+
+def test_a_phase_begins_from_the_best_epoch_or_as_a_new_run():
+    from mvbind.pipeline.binding.training import Phase, begin_phase, phases
+
+    torch.manual_seed(5)
+    model = BindingModel(ProjectorSpec(audio_dim=6, video_dim=4, audio_clips=1, video_clips=1, projector="residual",
+                                       embed_dim=3, hidden_dim=8))
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        v, a, _ = model(torch.randn(4, 4), torch.randn(4, 6))
+        (-(v * a).sum()).backward()
+        opt.step()
+    best = {"state_dict": {k: v.clone() for k, v in model.state_dict().items()},
+            "training": {"optimizer": copy.deepcopy(opt.state_dict())}}
+    torch.randperm(10, generator=gen)
+    opt.step()  # moves on from "best"
+    begin_phase(Phase(True, 0.3), model, opt, gen, seed=5, best=best)
+    assert all(torch.equal(v, best["state_dict"][k]) for k, v in model.state_dict().items())
+    assert torch.equal(opt.state_dict()["state"][1]["exp_avg"], best["training"]["optimizer"]["state"][1]["exp_avg"])
+    begin_phase(Phase(True, start="init"), model, opt, gen, seed=5, best={})
+    assert all(torch.equal(v, initial[k]) for k, v in model.state_dict().items()) and not opt.state
+    fresh = torch.Generator().manual_seed(5)
+    assert torch.equal(torch.randperm(10, generator=gen), torch.randperm(10, generator=fresh))
+
+    t = load_config(overrides={"train.plateau_drops": "2"}).train
+    assert [(p.branch, p.lr_factor, p.start) for p in phases(t)] == [
+        (False, 1.0, "init"), (True, 1.0, "init"), (True, 0.3, "best"), (True, pytest.approx(0.09), "best")]
+    t.branch_start = "plateau"
+    assert [p.start for p in phases(t)][:2] == ["init", "best"]
+    t.projector = "linear"  # no branch: the phases are the drops alone
+    assert [(p.branch, p.lr_factor) for p in phases(t)] == [(True, 1.0), (True, 0.3), (True, pytest.approx(0.09))]
+    t.patience = 0  # no plateau ever: one phase
+    assert len(phases(t)) == 1
 
 
 def test_lr_warmup_then_cosine():

@@ -7,8 +7,9 @@
 A head is one of:
 - linear: one linear map to `embed_dim`;
 - residual: that linear map plus an MLP branch, W x + U Drop(GELU(W1 LN(x))), whose last layer
-  U starts at zero, so training starts from the linear head and adds only the nonlinearity the
-  data pays for (on planted and demo data it beats both others: docs/STAGE_TWO.md);
+  U starts at zero, so training starts from the linear head. The branch's weights are drawn after
+  every other weight (a residual model's linear maps start as the linear model's with the same seed)
+  and it can be switched off (`set_branch`): the training loop's phases use both (docs/STAGE_TWO.md);
 - mlp: `depth` pre-LayerNorm residual MLP blocks at the input width (x + Drop(W2 GELU(W1 LN(x))))
   followed by LayerNorm and a linear map to `embed_dim` (the earlier default; it overfits).
 `ProjectorSpec` holds every shape-determining choice; it is stored in checkpoints and a
@@ -95,6 +96,7 @@ class Head(nn.Module):
     def __init__(self, in_dim: int, spec: ProjectorSpec):
         super().__init__()
         self.branch: Branch | None = None
+        self.branch_on = True  # the training loop turns it off while the branch is frozen (not a weight)
         if spec.projector in ("linear", "residual"):
             self.blocks = nn.Sequential()
             self.ln_out = nn.Identity()
@@ -105,12 +107,13 @@ class Head(nn.Module):
         else:
             raise ValueError(f"unknown projector {spec.projector!r}; choose linear, residual or mlp")
         self.proj = nn.Linear(in_dim, spec.embed_dim, bias=spec.projector == "mlp")
-        if spec.projector == "residual":
-            self.branch = Branch(in_dim, spec.hidden_dim, spec.embed_dim, spec.dropout)
+
+    def add_branch(self, spec: ProjectorSpec) -> None:
+        self.branch = Branch(self.proj.in_features, spec.hidden_dim, spec.embed_dim, spec.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.proj(self.ln_out(self.blocks(x)))
-        if self.branch is not None:
+        if self.branch is not None and self.branch_on:
             z = z + self.branch(x)
         return F.normalize(z, dim=-1)
 
@@ -124,6 +127,11 @@ class BindingModel(nn.Module):
         dims = spec.dims()
         self.pools = nn.ModuleDict({m: make_pool(spec.pooling, d) for m, d in dims.items()})
         self.heads = nn.ModuleDict({m: Head(d, spec) for m, d in dims.items()})
+        if spec.projector == "residual":
+            # drawn after every other weight, so a residual model's linear maps start exactly as the
+            # linear projector's do (the same seed): frozen branches train exactly the linear run
+            for head in self.heads.values():
+                head.add_branch(spec)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / spec.init_temperature)))
 
     @property
@@ -153,6 +161,12 @@ class BindingModel(nn.Module):
                         state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def set_branch(self, on: bool) -> None:
+        """Use the residual heads' MLP branches or skip them (while frozen: then they add nothing, draw no
+        dropout noise and get no gradient, so the head is exactly its linear map)."""
+        for head in self.heads.values():
+            head.branch_on = on
+
     @torch.no_grad()
     def clamp_logit_scale(self, max_scale: float) -> None:
         """CLIP: keep exp(logit_scale) in [1, max_scale] (done after every optimiser step)."""
@@ -176,5 +190,5 @@ def param_groups(model: nn.Module, weight_decay: float, branch_lr_scale: float =
     for (branch, decay), params in groups.items():
         if params or not branch:  # the two plain groups always exist (callers index them)
             out.append({"params": params, "weight_decay": weight_decay if decay else 0.0,
-                        "lr_scale": branch_lr_scale if branch else 1.0})
+                        "lr_scale": branch_lr_scale if branch else 1.0, "branch": branch})
     return out

@@ -8,7 +8,10 @@ Each epoch writes `last.pt` beside `best.pt` (atomically): a projector checkpoin
 - the random states: torch's global generator (dropout; it also drew the initial weights), the
   batch-order generator, and the CUDA generator when training there. numpy's and Python's are not
   stored because the loop draws nothing from them (the resume test would catch it if it began to);
-- the early-stopping state (best score, epoch and metrics, epochs since the best), the loop's time so far,
+- the early-stopping state (best score and val loss, epoch and metrics, epochs since the phase's best), the
+  phase with its best and each phase's lowest val loss (a plateau moves to the next phase, which begins
+  from best.pt or as a new run; last.pt is written after that, so it holds where the next phase begins;
+  `training.phases`), the loop's time so far,
   and the epochs at which the run was resumed.
 
 Everything is a tensor or a plain type, so `torch.load(weights_only=True)` reads it. A resume is refused
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,9 @@ from mvbind.pipeline.config import Config, to_dict
 # `threads` and `device` are included: they change the order of floating-point sums, hence the bits.
 IGNORED_TRAIN_KEYS = ("cache",)
 EVAL_KEYS = ("ks",)
+# Settings added later: a run whose config.json predates one trained as this value does.
+BEFORE_RECORDED = {("train", "branch_start"): "start", ("train", "plateau_drops"): 0,
+                   ("train", "plateau_lr_factor"): 0.3}
 
 
 @dataclass
@@ -48,6 +55,11 @@ class Progress:
     bad: int = 0  # epochs since the best one
     seconds: float = 0.0  # training-loop time of the sessions before this one
     resumed_at: list[int] = field(default_factory=list)  # epochs after which the run was resumed
+    phase: int = 0  # index into training.phases(settings); a plateau moves on from the best epoch's weights
+    phase_epochs: list[int] = field(default_factory=list)  # epochs after which each later phase began
+    best_loss: float = math.inf  # val loss of the best epoch (breaks ties of the score)
+    phase_best: list[float] | None = None  # [score, -val loss] of this phase's best epoch; None: the run's best
+    phase_losses: list[float] = field(default_factory=list)  # the lowest val loss of each phase so far
 
 
 def training_state(progress: Progress, opt: torch.optim.Optimizer, generator: torch.Generator,
@@ -89,7 +101,7 @@ def changed_settings(recorded: dict, config: Config) -> list[str]:
     missing = object()
     out = []
     for section, key in keys:
-        was = recorded.get(section, {}).get(key, missing)
+        was = recorded.get(section, {}).get(key, BEFORE_RECORDED.get((section, key), missing))
         now = given[section][key]
         if was is missing or was != now:
             out.append(f"{section}.{key} {'(not recorded)' if was is missing else json.dumps(was)} → "

@@ -92,6 +92,54 @@ def lr_at(step: int, *, base: float, floor: float, warmup: int, total: int) -> f
     return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * progress))
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of training between validation plateaus (`phases`)."""
+
+    branch: bool  # the residual heads' MLP branches train (else they are skipped: the heads are linear)
+    lr_factor: float = 1.0  # times the scheduled learning rate
+    start: str = "best"  # how it begins: "best" = best.pt's weights and optimiser state, the schedule goes
+    # on; "init" = a new run: the initial weights, a fresh optimiser, the seed's random states, the schedule
+    # (warm-up, cosine over `epochs`) from its start
+
+
+def phases(t) -> list[Phase]:
+    """The phases of a run (`train.branch_start`, `train.plateau_drops`). A phase ends when it has not
+    improved on itself (val R@K, ties broken by val loss) for `train.patience` epochs; the last one's end
+    ends the run. best.pt is the best epoch over all phases. With `patience = 0` there are no plateaus:
+    one phase, all epochs, the branch trains throughout."""
+    if not t.patience:
+        return [Phase(True, start="init")]
+    if t.projector == "residual" and t.branch_start in ("plateau", "rerun"):
+        # the linear map alone first (exactly the linear projector's run), then the branch
+        out = [Phase(False, start="init"), Phase(True, start="best" if t.branch_start == "plateau" else "init")]
+    else:
+        out = [Phase(True, start="init")]
+    return out + [Phase(True, t.plateau_lr_factor ** (i + 1)) for i in range(t.plateau_drops)]
+
+
+def enter_phase(model: BindingModel, opt: torch.optim.Optimizer, branch_groups: list[bool], phase: Phase,
+                branch_lr_scale: float) -> None:
+    """Set the model's branches and each optimiser group's learning-rate scale for `phase`."""
+    model.set_branch(phase.branch)
+    for group, is_branch in zip(opt.param_groups, branch_groups, strict=True):
+        group["lr_scale"] = phase.lr_factor * ((branch_lr_scale if phase.branch else 0.0) if is_branch else 1.0)
+
+
+def begin_phase(phase: Phase, model: BindingModel, opt: torch.optim.Optimizer, generator: torch.Generator, *,
+                seed: int, best: dict) -> None:
+    """Put model, optimiser and random states where `phase` begins (`best`: best.pt's contents)."""
+    if phase.start == "best":
+        model.load_state_dict(best["state_dict"])
+        opt.load_state_dict(best["training"]["optimizer"])
+        return
+    torch.manual_seed(seed)  # as the run began: the same draws give the same initial weights
+    fresh = BindingModel(model.spec)
+    model.load_state_dict(fresh.state_dict())
+    opt.state.clear()
+    generator.manual_seed(seed)
+
+
 def train_epoch(model: BindingModel, opt: torch.optim.Optimizer, loss_fn: BindingLoss, video: torch.Tensor,
                 audio: torch.Tensor, groups: torch.Tensor | None, *, batch_size: int, generator: torch.Generator,
                 lr_of_step: Callable[[int], float], first_step: int = 0, max_logit_scale: float = 100.0,

@@ -127,6 +127,8 @@ POOLINGS = ("mean", "attention")
 
 PROJECTORS = ("linear", "residual", "mlp")
 
+BRANCH_STARTS = ("rerun", "plateau", "start")
+
 SELECT_METRICS = ("r1", "r5", "r10", "r25", "r50")
 
 EVAL_SPLITS = ("test", "val", "train")
@@ -152,6 +154,14 @@ class TrainConfig:
     epochs: int = 50
     lr: float = 1e-3
     branch_lr_scale: float = 0.3  # the residual head's MLP branch learns at lr x this (docs/STAGE_TWO.md)
+    # phases (docs/STAGE_TWO.md): a phase ends when its val R@K (ties: val loss) has not improved for
+    # `patience` epochs; the last one's end ends the run; best.pt is the best epoch of all. patience = 0: one.
+    branch_start: str = "rerun"  # residual only. rerun: the linear map alone (= the linear projector's run),
+    # then from the same start with the branch (= branch_start "start"), whose best epoch replaces best.pt
+    # once its val loss is below the linear run's lowest | plateau: the branch joins the linear map's best
+    # epoch | start: the branch trains from the first step (one phase)
+    plateau_drops: int = 0  # then that many phases from the best epoch at plateau_lr_factor x the learning rate
+    plateau_lr_factor: float = 0.3
     weight_decay: float = 0.1  # AdamW; not applied to biases, LayerNorm gains, the pooling query, logit_scale
     warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to min_lr
     min_lr: float = 0.0

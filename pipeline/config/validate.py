@@ -11,6 +11,7 @@ import math
 from mvbind.errors import ConfigError
 from mvbind.pipeline.config.schema import (
     ARCHS,
+    BRANCH_STARTS,
     ENGINES,
     EVAL_SPLITS,
     FEATURE_VERSION,
@@ -94,7 +95,7 @@ def validate_stage_two(config) -> None:
     e: EvalConfig = config.eval
     _check(all(_finite(getattr(t, k)) for k in (
         "val_fraction", "test_fraction", "dropout", "lr", "weight_decay", "warmup_epochs", "min_lr",
-        "init_temperature", "max_logit_scale", "audio_dup_threshold")),
+        "init_temperature", "max_logit_scale", "audio_dup_threshold", "branch_lr_scale", "plateau_lr_factor")),
         "train", "numbers must be finite (no nan or inf)")
     _check(0 <= t.val_fraction < 1, "train.val_fraction", f"must be in [0, 1), got {t.val_fraction}")
     _check(0 <= t.test_fraction < 1, "train.test_fraction", f"must be in [0, 1), got {t.test_fraction}")
@@ -114,6 +115,10 @@ def validate_stage_two(config) -> None:
     _check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
     _check(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
     _check(0 < t.branch_lr_scale <= 10, "train.branch_lr_scale", f"must be in (0, 10], got {t.branch_lr_scale}")
+    _check(t.branch_start in BRANCH_STARTS, "train.branch_start",
+           f"unknown value {t.branch_start!r}; choose one of {', '.join(BRANCH_STARTS)}")
+    _check(t.plateau_drops >= 0, "train.plateau_drops", f"must be >= 0, got {t.plateau_drops}")
+    _check(0 < t.plateau_lr_factor < 1, "train.plateau_lr_factor", f"must be in (0, 1), got {t.plateau_lr_factor}")
     _check(t.warmup_epochs >= 0, "train.warmup_epochs", f"must be >= 0, got {t.warmup_epochs}")
     _check(0 <= t.min_lr <= t.lr, "train.min_lr", f"must be in [0, train.lr={t.lr}], got {t.min_lr}")
     _check(0 < t.init_temperature, "train.init_temperature", f"must be > 0, got {t.init_temperature}")
