@@ -207,6 +207,7 @@ def main() -> None:
     ap.add_argument("--eval-dims-large", default="64",
                     help="embedding sizes for galleries over 10k (256 takes minutes: 2·n²·d flops)")
     ap.add_argument("--skip-epochs", action="store_true", help="only the eval (and cache) measurements")
+    ap.add_argument("--skip-eval", action="store_true", help="only the epoch (and cache) measurements")
     ap.add_argument("--skip-cache", action="store_true", help="skip the HDF5 write/load measurement")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--against", default=None, metavar="REV",
@@ -234,7 +235,7 @@ def main() -> None:
             print(f"epoch  {n:>7} pairs  {projector:6s}  {r['epoch_s']:7.2f} s/epoch  {r['pairs_per_s']:8.0f} pairs/s  "
                   f"matmul-only {r['matmul_epoch_s']:7.2f} s  ratio {r['overhead_ratio']:.2f}x  "
                   f"({r['matmul_gflops']:.0f} GFLOP/s in GEMM){note}", flush=True)
-    for n in sizes:
+    for n in sizes if not args.skip_eval else []:
         dims = (256, 1024) if n <= 10000 else tuple(int(x) for x in args.eval_dims_large.split(","))
         for d in dims:
             for rev in (None, args.against) if args.against else (None,):
