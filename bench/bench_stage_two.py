@@ -124,15 +124,24 @@ def _proc_status(field: str) -> int:
 
 def metrics_at(rev: str | None):
     """pipeline/binding/metrics.py as it is, or as it was at git revision `rev` (to time and check
-    the ranks of an earlier implementation on the very same inputs)."""
+    the ranks of an earlier implementation on the very same inputs). The old source is written to a
+    file under the temp directory and imported from there, so numba can cache its kernels as it
+    does for the current one (a second run of the same `--against` loads them instead of compiling)."""
     if rev is None:
         from mvbind.pipeline.binding import metrics
         return metrics
-    import types
+    import importlib.util
+
     source = subprocess.run(["git", "show", f"{rev}:pipeline/binding/metrics.py"], cwd=ROOT, capture_output=True,
                             text=True, check=True).stdout
-    module = types.ModuleType(f"metrics_at_{rev}")
-    exec(compile(source, f"{rev}:pipeline/binding/metrics.py", "exec"), module.__dict__)
+    path = Path(tempfile.gettempdir()) / "mvbind-bench" / f"metrics_at_{rev}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != source:
+        path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"metrics_at_{rev}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # numba's cache refers to the module by name
+    spec.loader.exec_module(module)
     return module
 
 
