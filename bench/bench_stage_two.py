@@ -124,15 +124,24 @@ def _proc_status(field: str) -> int:
 
 def metrics_at(rev: str | None):
     """pipeline/binding/metrics.py as it is, or as it was at git revision `rev` (to time and check
-    the ranks of an earlier implementation on the very same inputs)."""
+    the ranks of an earlier implementation on the very same inputs). The old source is written to a
+    file under the temp directory and imported from there, so numba can cache its kernels as it
+    does for the current one (a second run of the same `--against` loads them instead of compiling)."""
     if rev is None:
         from mvbind.pipeline.binding import metrics
         return metrics
-    import types
+    import importlib.util
+
     source = subprocess.run(["git", "show", f"{rev}:pipeline/binding/metrics.py"], cwd=ROOT, capture_output=True,
                             text=True, check=True).stdout
-    module = types.ModuleType(f"metrics_at_{rev}")
-    exec(compile(source, f"{rev}:pipeline/binding/metrics.py", "exec"), module.__dict__)
+    path = Path(tempfile.gettempdir()) / "mvbind-bench" / f"metrics_at_{rev}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != source:
+        path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"metrics_at_{rev}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # numba's cache refers to the module by name
+    spec.loader.exec_module(module)
     return module
 
 
@@ -207,6 +216,7 @@ def main() -> None:
     ap.add_argument("--eval-dims-large", default="64",
                     help="embedding sizes for galleries over 10k (256 takes minutes: 2·n²·d flops)")
     ap.add_argument("--skip-epochs", action="store_true", help="only the eval (and cache) measurements")
+    ap.add_argument("--skip-eval", action="store_true", help="only the epoch (and cache) measurements")
     ap.add_argument("--skip-cache", action="store_true", help="skip the HDF5 write/load measurement")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--against", default=None, metavar="REV",
@@ -234,7 +244,7 @@ def main() -> None:
             print(f"epoch  {n:>7} pairs  {projector:6s}  {r['epoch_s']:7.2f} s/epoch  {r['pairs_per_s']:8.0f} pairs/s  "
                   f"matmul-only {r['matmul_epoch_s']:7.2f} s  ratio {r['overhead_ratio']:.2f}x  "
                   f"({r['matmul_gflops']:.0f} GFLOP/s in GEMM){note}", flush=True)
-    for n in sizes:
+    for n in sizes if not args.skip_eval else []:
         dims = (256, 1024) if n <= 10000 else tuple(int(x) for x in args.eval_dims_large.split(","))
         for d in dims:
             for rev in (None, args.against) if args.against else (None,):

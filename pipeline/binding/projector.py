@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mvbind.pipeline.binding.fastops import Dropout, l2_normalize
 from mvbind.pipeline.binding.pooling import make_pool
 
 
@@ -71,7 +72,7 @@ class ResidualBlock(nn.Module):
         self.ln = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln(x)))))
@@ -85,7 +86,7 @@ class Branch(nn.Module):
         self.ln = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, out, bias=False)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         nn.init.zeros_(self.fc2.weight)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -115,7 +116,7 @@ class Head(nn.Module):
         z = self.proj(self.ln_out(self.blocks(x)))
         if self.branch is not None and self.branch_on:
             z = z + self.branch(x)
-        return F.normalize(z, dim=-1)
+        return l2_normalize(z)
 
 
 class BindingModel(nn.Module):
