@@ -285,6 +285,11 @@ def run_extraction(
         # in this process, and they keep decoding while the weights load on the first item to embed.
         stream = iter(loader)
         embedder = _LazyEmbedder(config, progress, summary)
+        if plan is not None or not committed:
+            # Every item left is one to embed (the plan settled the cached ones; an empty namespace has none):
+            # build the model now, while the workers decode the first batch. Otherwise wait for the first
+            # item that needs it, so a fully cached rerun without a plan never builds one.
+            embedder.start()
         writer = ShardWriter(ns, partition=ext.shard_index, num_partitions=ext.num_shards, depth=ext.write_queue,
                              on_commit=lambda _name, n: progress_file.update(force=True, add_committed=n,
                                                                              **_counts(summary)))
