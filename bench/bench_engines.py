@@ -84,8 +84,8 @@ def run_transforms(paths: list[Path]) -> dict:
         t0 = time.perf_counter()
         items = [preparer(str(p)) for p in paths]
         prep = time.perf_counter() - t0
-        nbytes = [sum(_nbytes(x) for x in it.inputs.values()) for it in items]
-        video = [_nbytes(it.inputs["video"]) for it in items]
+        nbytes = [sum(x.nbytes for x in it.inputs.values()) for it in items]
+        video = [it.inputs["video"].nbytes for it in items]
         t0 = time.perf_counter()
         with torch.inference_mode():
             for it in items:
@@ -97,10 +97,6 @@ def run_transforms(paths: list[Path]) -> dict:
                            "video_MB_per_video": sum(video) / len(paths) / 1e6,
                            "finish_s_per_video": (time.perf_counter() - t0) / len(paths), "device": str(device)}
     return out
-
-
-def _nbytes(x) -> int:
-    return x.numel() * x.element_size() if hasattr(x, "numel") else x.nbytes
 
 
 def main() -> None:

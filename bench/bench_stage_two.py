@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import finish
 from mvbind.pipeline.binding.loss import BindingLoss
 from mvbind.pipeline.binding.projector import BindingModel, Head, ProjectorSpec, param_groups
 from mvbind.pipeline.binding.training import train_epoch
@@ -261,10 +262,7 @@ def main() -> None:
         results["cache"] = r
         print(f"cache  {r['items']:>7} items  write {r['write_s']:.1f} s  load+pool {r['load_pool_s']:.1f} s  "
               f"({r['shard_gb']:.2f} GB of shards)", flush=True)
-    results["load_average"] = {"before": load_before, "after": os.getloadavg()}
-    print(f"\nload average after {os.getloadavg()[0]:.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    finish(results, load_before, args.json)
 
 
 if __name__ == "__main__":

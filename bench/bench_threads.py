@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import finish
+
 WORKLOADS = {
     "signal": {"audio_shape": (3, 57), "video_shape": (5, 22), "n": 3000, "epochs": 4},
     "imagebind": {"audio_shape": (3, 1024), "video_shape": (15, 1024), "n": 3000, "epochs": 2},
@@ -94,10 +96,7 @@ def main() -> None:
     finally:
         for p in neighbours:
             p.terminate()
-    results["load_average"] = {"before": load_before, "after": os.getloadavg()}
-    print(f"\nload average after {os.getloadavg()[0]:.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    finish(results, load_before, args.json)
 
 
 if __name__ == "__main__":

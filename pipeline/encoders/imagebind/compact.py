@@ -50,7 +50,7 @@ class CompactVideo:
 
     @property
     def nbytes(self) -> int:
-        return self.pixels.numel() * self.pixels.element_size()
+        return self.pixels.nbytes
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> CompactVideo:
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
@@ -91,7 +91,7 @@ class CompactAudio:
 
     @property
     def nbytes(self) -> int:
-        return self.waves.numel() * self.waves.element_size()
+        return self.waves.nbytes
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> CompactAudio:
         return replace(self, waves=self.waves.to(device, non_blocking=non_blocking))
@@ -144,11 +144,8 @@ def audio_clips(path: str | Path, settings: AudioSettings | None = None) -> tupl
     settings = settings or AudioSettings()
     waveform, rate = decode_audio(path)
     clips = clip_waves(waveform, rate, settings)
-    lengths = tuple(len(w) for w in clips.waves)
-    waves = torch.zeros(len(lengths), max(lengths), dtype=torch.float32)
-    for i, w in enumerate(clips.waves):
-        waves[i, :len(w)] = w
-    return CompactAudio(waves, lengths, settings), clips.duration
+    waves = torch.nn.utils.rnn.pad_sequence(clips.waves, batch_first=True)  # zeros on the right
+    return CompactAudio(waves, tuple(len(w) for w in clips.waves), settings), clips.duration
 
 
 def _gathered(i0: np.ndarray, i1: np.ndarray, w0: np.ndarray, w1: np.ndarray
