@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from mvbind.cache import CacheError, FeatureCache, Namespace
-from mvbind.pipeline.binding.checkpoint import read_checkpoint, save_checkpoint
+from mvbind.pipeline.binding.checkpoint import copy_atomic, read_checkpoint, save_checkpoint
 from mvbind.pipeline.binding.groups import MusicGroups
 from mvbind.pipeline.binding.loss import BindingLoss
 from mvbind.pipeline.binding.metrics import retrieval_ranks
@@ -46,18 +46,23 @@ from mvbind.pipeline.binding.training import (
     begin_phase,
     encode,
     enter_phase,
+    is_rerun,
     lr_at,
     make_split,
     music_groups,
     phases,
     relabel,
     skipped_note,
+    soup_state,
     train_epoch,
     val_loss,
     val_summary,
 )
 from mvbind.pipeline.config import Config, to_dict
 from mvbind.pipeline.console import say
+
+# rerun with train.soup: the two runs' best epochs, which the soup averages
+LINEAR_BEST, RESIDUAL_BEST = "linear_best.pt", "residual_best.pt"
 
 
 def train(config: Config, *, cache: str | None = None, name: str | None = None, overwrite: bool = False,
@@ -79,7 +84,7 @@ def train(config: Config, *, cache: str | None = None, name: str | None = None, 
         if run_dir.exists() and not overwrite:  # refuse before any work
             raise RunError(f"{run_dir} already exists; choose another --name or pass --overwrite to replace it")
         ns = select_namespace(config.cache_dir, prefix, config, say=notify)
-    pairs = load_pairs(ns, keep_clips=t.pooling == "attention")
+    pairs = load_pairs(ns, keep_clips=t.pooling == "attention" or t.clip_dropout > 0)
     notify(f"cache {ns.fingerprint[:16]}: {len(pairs)} usable pairs")
     if note := skipped_note(pairs):
         notify(note)
@@ -213,7 +218,7 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
         opt = torch.optim.AdamW(params, lr=t.lr, betas=(0.9, 0.98), eps=1e-6,
                                 fused=True)  # CLIP's betas and eps; fused: one kernel per step on CPU
         train_idx, val_idx = split.indices("train"), split.indices("val")
-        tv, ta = _inputs(pairs, train_idx, spec.pooling)
+        tv, ta = _inputs(pairs, train_idx, spec.pooling, clips=t.clip_dropout > 0)
         tg = torch.from_numpy(relabel(groups.labels[train_idx]))
         vv, va = _inputs(pairs, val_idx, spec.pooling)
         val_groups = relabel(groups.labels[val_idx])
@@ -241,6 +246,7 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
         phase_key = best_key if start.phase_best is None else tuple(start.phase_best)  # this phase's best
         phase_losses = list(start.phase_losses)  # the lowest val loss of each phase so far
         plan, phase, phase_epochs = phases(t), start.phase, list(start.phase_epochs)
+        soup = t.soup and is_rerun(plan) and len(plan) == 2  # with plateau drops after them, no soup
         enter_phase(model, opt, branch_groups, plan[phase], t.branch_lr_scale)
         early_stop = f"early stop: no better val R@{select_k} for {t.patience} epochs" + (
             f" ({len(plan)} phases)" if len(plan) > 1 else "")
@@ -258,6 +264,7 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
                        leave=True, dynamic_ncols=True, file=sys.stderr)
             loss_sum, lr = train_epoch(model, opt, loss_fn, tv, ta, tg, batch_size=bs, generator=gen,
                                        lr_of_step=schedule, first_step=step, max_logit_scale=t.max_logit_scale,
+                                       clip_dropout=t.clip_dropout,
                                        bar=bar if progress else None)
             step += steps
             train_seconds = time.perf_counter() - t_epoch
@@ -299,12 +306,17 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
                                 training={"optimizer": opt.state_dict()} if resumes_best else None)
             if key > phase_key:
                 phase_key, bad = key, 0
+                if soup and phase == 1:  # the residual run's own best epoch, for the soup
+                    save_checkpoint(run_dir / RESIDUAL_BEST, model, fingerprint=pairs.fingerprint, epoch=epoch,
+                                    metrics={"val": val, "select": t.select_metric, "score": score, "val_loss": v_loss})
             else:
                 bad += 1
             if t.patience and bad >= t.patience and phase + 1 < len(plan):
                 # a plateau ends this phase; last.pt below records where the next one begins
                 phase, bad, phase_key = phase + 1, 0, (-1.0, -math.inf)
                 phase_epochs.append(epoch)
+                if soup and phase == 1:  # best.pt is the linear run's best until the residual run beats it
+                    copy_atomic(run_dir / "best.pt", run_dir / LINEAR_BEST)
                 best_ck = read_checkpoint(run_dir / "best.pt") if plan[phase].start == "best" else {}
                 begin_phase(plan[phase], model, opt, gen, seed=t.seed, best=best_ck)
                 enter_phase(model, opt, branch_groups, plan[phase], t.branch_lr_scale)
@@ -318,12 +330,34 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
                             training=training_state(now, opt, gen, device))
             if t.patience and bad >= t.patience:
                 stop_reason, stopped = early_stop, True
+        soup_record = None
+        if soup and (run_dir / LINEAR_BEST).exists() and (run_dir / RESIDUAL_BEST).exists():
+            lin, res = read_checkpoint(run_dir / LINEAR_BEST), read_checkpoint(run_dir / RESIDUAL_BEST)
+            model.load_state_dict(soup_state(lin["state_dict"], res["state_dict"]))
+            enter_phase(model, opt, branch_groups, plan[1], t.branch_lr_scale)
+            ve, ae = encode(model, vv.to(device), va.to(device))
+            r_v2m, r_m2v = retrieval_ranks(ve.cpu(), ae.cpu(), val_groups, chunk_mb=config.eval.chunk_mb)
+            val = val_summary(r_v2m, r_m2v, ks)
+            v_loss = val_loss(loss_fn, ve, ae, model.logit_scale.detach().exp(), val_groups_t, batch_size=bs)
+            score = (val["video_to_music"][f"R@{select_k}"] + val["music_to_video"][f"R@{select_k}"]) / 2
+            kept = v_loss < min(phase_losses)
+            soup_record = {"linear_epoch": lin["epoch"], "residual_epoch": res["epoch"], "val_loss": v_loss,
+                           "lowest_val_loss": phase_losses, f"val_r{select_k}_mean": score, "val": val,
+                           "kept": kept}
+            if kept:
+                best_score, best_epoch, best_val = score, res["epoch"], val
+                save_checkpoint(run_dir / "best.pt", model, fingerprint=pairs.fingerprint, epoch=res["epoch"],
+                                metrics={"val": val, "select": t.select_metric, "score": score, "soup": {
+                                    "linear_epoch": lin["epoch"], "residual_epoch": res["epoch"]}})
+            notify(f"soup of the linear run's epoch {lin['epoch']} and the residual run's epoch {res['epoch']}: "
+                   f"val loss {v_loss:.4f} against the runs' lowest {', '.join(f'{x:.4f}' for x in phase_losses)}"
+                   f" -> {'kept as best.pt' if kept else 'not kept'} (val R@{select_k} {score:.3f})")
         return {"run": run_dir.name, "fingerprint": pairs.fingerprint, "best_epoch": best_epoch,
                 "best_val": best_val, "select_metric": t.select_metric, "best_score": best_score,
                 "epochs_run": epoch, "steps": step, "stop_reason": stop_reason,
                 "logit_scale": float(model.logit_scale.detach().exp()),
                 "pairs": {"train": int(n), "val": int(len(val_idx)), "test": int(len(split.indices("test")))},
-                "resumed_after_epochs": resumed_at, "phase_changes_after_epochs": phase_epochs,
+                "resumed_after_epochs": resumed_at, "phase_changes_after_epochs": phase_epochs, "soup": soup_record,
                 "seconds": round(start.seconds + time.perf_counter() - t_start, 3)}
     finally:
         torch.set_num_threads(threads_before)

@@ -65,22 +65,29 @@ def kill_after(cmd: list[str], log, epochs: int, env: dict) -> None:
 
 # patience 0: one phase, every epoch runs; phased: plateaus switch phases (the residual run after the linear
 # one, from the initial weights and reseeded random states; then two lower rates from best.pt) and end the run
+# soup: the rerun alone (the linear run, then the residual run), with clip dropout; the soup of the two runs' best
+# epochs is computed after the resumed run ends, from the files the killed one wrote
 PHASED = ["train.patience=2", "train.plateau_drops=2", "train.lr=0.003"]
+SOUP = ["train.patience=2", "train.lr=0.01", "train.clip_dropout=0.5"]
+LR = {"epochs": 0.001, "phased": 0.003, "soup": 0.01}
 
 
-@pytest.mark.parametrize("phased", [False, True], ids=["epochs", "phased"])
-def test_killed_run_resumes_to_the_same_weights(home, capsys, phased):
+@pytest.mark.parametrize("mode", ["epochs", "phased", "soup"])
+def test_killed_run_resumes_to_the_same_weights(home, capsys, mode):
     root, ns = home
     runs = root / "runs"
-    extra = PHASED if phased else []
-    whole_name, name = ("whole-phased", "killed-phased") if phased else ("whole", "killed")
+    phased = mode != "epochs"
+    extra = {"epochs": [], "phased": PHASED, "soup": SOUP}[mode]
+    whole_name, name = f"whole-{mode}", f"killed-{mode}"
     whole_dir = runs / whole_name
     assert cli_main(["train", "--name", whole_name, *args(root, ns, *extra)]) == 0
     final_a = json.loads((whole_dir / "final_metrics.json").read_text())
     kill_at = 3
     if phased:  # kill once an epoch after the first switch is logged: last.pt then holds the new phase
-        assert len(final_a["phase_changes_after_epochs"]) == 3 and "early stop" in final_a["stop_reason"]
+        switches = 3 if mode == "phased" else 1
+        assert len(final_a["phase_changes_after_epochs"]) == switches and "early stop" in final_a["stop_reason"]
         kill_at = final_a["phase_changes_after_epochs"][0] + 1
+        assert (final_a["soup"] is not None) == (mode == "soup")
 
     killed = runs / name
     env = {**os.environ, "MVBIND_HOME": str(root / "home")}
@@ -98,13 +105,13 @@ def test_killed_run_resumes_to_the_same_weights(home, capsys, phased):
     before = (killed / "metrics.jsonl").read_bytes()
     assert cli_main(["train", "--resume", name, *args(root, ns, *extra, "train.lr=0.0025")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"train.lr {0.003 if phased else 0.001} → 0.0025" in err[0] and "config.json" in err[0]
+    assert len(err) == 1 and f"train.lr {LR[mode]} → 0.0025" in err[0] and "config.json" in err[0]
     assert (killed / "metrics.jsonl").read_bytes() == before
 
     assert cli_main(["train", "--resume", name, *args(root, ns, *extra)]) == 0
     assert f"resuming {name} after epoch {stopped_at}" in capsys.readouterr().err
 
-    for file in ("best.pt", "last.pt"):
+    for file in ("best.pt", "last.pt") + (("linear_best.pt", "residual_best.pt") if mode == "soup" else ()):
         a = torch.load(whole_dir / file, weights_only=True)
         b = torch.load(killed / file, weights_only=True)
         assert a["epoch"] == b["epoch"] and a["state_dict"].keys() == b["state_dict"].keys()

@@ -11,6 +11,7 @@ whose input sizes differ from the cache's, or one whose tensors don't fit its sp
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -33,16 +34,26 @@ def save_checkpoint(path: Path, model: BindingModel, *, fingerprint: str, epoch:
 
     `training` (last.pt only) is the state a resumed run continues from (`binding.resume`).
     """
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     ck = {"format": FORMAT, "version": VERSION, "fingerprint": fingerprint, "spec": model.spec.to_dict(),
           "epoch": int(epoch), "metrics": metrics, "state_dict": state}
     if training is not None:
         ck["training"] = training
+    _write_atomic(Path(path), lambda f: torch.save(ck, f))
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    """Copy a checkpoint file as `save_checkpoint` writes one: a kill leaves the old `dst` or the new one."""
+    with open(src, "rb") as f:
+        _write_atomic(Path(dst), lambda g: shutil.copyfileobj(f, g))
+
+
+def _write_atomic(path: Path, write) -> None:
+    """`write(file)` into a temp file beside `path`, fsync, then rename it over `path`."""
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(ck, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

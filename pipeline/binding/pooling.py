@@ -35,12 +35,19 @@ def mean_pool(clips: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
 
 
 class MeanPool(nn.Module):
-    """Mean over clips, then L2 normalisation. (n, dim) input is taken as already pooled."""
+    """Mean over clips, then L2 normalisation. (n, dim) input is taken as already pooled.
 
-    def forward(self, x: Tensor) -> Tensor:
+    `mask` (n, clips) bool keeps only the True clips of each row (training's `clip_dropout`); every row
+    needs one. The normalisation makes the mean of the kept clips their sum, scaled.
+    """
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if x.dim() == 2:
             return x
-        return F.normalize(x.float().mean(dim=1), dim=-1)
+        if mask is None:
+            return F.normalize(x.float().mean(dim=1), dim=-1)
+        summed = torch.bmm(mask.unsqueeze(1).float(), x.float()).squeeze(1)
+        return F.normalize(summed, dim=-1)
 
 
 class AttentionPool(nn.Module):
@@ -54,11 +61,13 @@ class AttentionPool(nn.Module):
         self.query = nn.Parameter(torch.zeros(dim))
         self.scale = float(dim) ** 0.5
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if x.dim() != 3:
             raise ValueError(f"attention pooling needs per-clip input (n, clips, dim), got shape {tuple(x.shape)}")
         x = x.float()
         scores = F.normalize(x, dim=-1) @ self.query * self.scale  # (n, clips)
+        if mask is not None:  # clips left out get no weight
+            scores = scores.masked_fill(~mask, float("-inf"))
         weights = scores.softmax(dim=-1)
         return F.normalize((weights.unsqueeze(-1) * x).sum(dim=1), dim=-1)
 

@@ -139,15 +139,17 @@ class BindingModel(nn.Module):
     def modalities(self) -> tuple[str, ...]:
         return tuple(self.heads)
 
-    def encode(self, modality: str, x: Tensor) -> Tensor:
-        """(n, clips, dim) per-clip, or (n, dim) already mean-pooled -> (n, embed_dim) unit vectors."""
-        return self.heads[modality](self.pools[modality](x))
+    def encode(self, modality: str, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(n, clips, dim) per-clip, or (n, dim) already mean-pooled -> (n, embed_dim) unit vectors.
 
-    def encode_video(self, x: Tensor) -> Tensor:
-        return self.encode("video", x)
+        `mask` (n, clips) bool pools only the True clips of per-clip input (training's clip dropout)."""
+        return self.heads[modality](self.pools[modality](x) if mask is None else self.pools[modality](x, mask))
 
-    def encode_audio(self, x: Tensor) -> Tensor:
-        return self.encode("audio", x)
+    def encode_video(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.encode("video", x, mask)
+
+    def encode_audio(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.encode("audio", x, mask)
 
     def forward(self, video: Tensor, audio: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.encode_video(video), self.encode_audio(audio), self.logit_scale.exp()

@@ -40,7 +40,8 @@ IGNORED_TRAIN_KEYS = ("cache",)
 EVAL_KEYS = ("ks",)
 # Settings added later: a run whose config.json predates one trained as this value does.
 BEFORE_RECORDED = {("train", "branch_start"): "start", ("train", "plateau_drops"): 0,
-                   ("train", "plateau_lr_factor"): 0.3}
+                   ("train", "plateau_lr_factor"): 0.3, ("train", "clip_dropout"): 0.0,
+                   ("train", "soup"): False}
 
 
 @dataclass

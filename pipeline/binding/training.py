@@ -77,8 +77,10 @@ class _Data:
     groups: torch.Tensor  # (n,) int64
 
 
-def _inputs(pairs: PairSet, idx: np.ndarray, pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if pooling == "attention":
+def _inputs(pairs: PairSet, idx: np.ndarray, pooling: str, clips: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows `idx` as the model takes them: (n, clips, dim) float16 for attention pooling or when `clips`
+    (clip dropout pools each step), else (n, dim) pooled float32."""
+    if pooling == "attention" or clips:
         return torch.from_numpy(pairs.video_clips[idx]), torch.from_numpy(pairs.audio_clips[idx])
     return (torch.from_numpy(np.ascontiguousarray(pairs.video[idx])),
             torch.from_numpy(np.ascontiguousarray(pairs.audio[idx])))
@@ -118,6 +120,25 @@ def phases(t) -> list[Phase]:
     return out + [Phase(True, t.plateau_lr_factor ** (i + 1)) for i in range(t.plateau_drops)]
 
 
+def is_rerun(plan: list[Phase]) -> bool:
+    """The plan trains two projectors from the same start: the linear run, then the residual run."""
+    return len(plan) > 1 and not plan[0].branch and plan[1].start == "init"
+
+
+def soup_state(linear: dict, residual: dict, weight: float = 0.5) -> dict:
+    """One residual head computing, before normalisation, the weighted mean of the linear run's head and the
+    residual run's: weight · W_L x + (1 - weight) · (W_R x + U_R g(x)) = W x + U g(x) with W the mean of the
+    two linear maps and U = (1 - weight) · U_R, the branch otherwise the residual run's. Every other weight
+    (pooling, logit scale) is the same weighted mean. Both state dicts come from one residual model."""
+    out = {}
+    for key, r in residual.items():
+        if ".branch." in key:
+            out[key] = r * (1 - weight) if key.endswith(".branch.fc2.weight") else r.clone()
+        else:
+            out[key] = weight * linear[key] + (1 - weight) * r
+    return out
+
+
 def enter_phase(model: BindingModel, opt: torch.optim.Optimizer, branch_groups: list[bool], phase: Phase,
                 branch_lr_scale: float) -> None:
     """Set the model's branches and each optimiser group's learning-rate scale for `phase`."""
@@ -140,11 +161,25 @@ def begin_phase(phase: Phase, model: BindingModel, opt: torch.optim.Optimizer, g
     generator.manual_seed(seed)
 
 
+def clip_mask(batch: int, clips: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """(batch, clips) bool: each clip kept with probability 1 - p; a row that would keep none keeps the clip
+    with the highest draw (so every row keeps one, and a row's kept count is never biased towards one clip)."""
+    draw = torch.rand(batch, clips, generator=generator)
+    keep = draw >= p
+    empty = ~keep.any(1)
+    if bool(empty.any()):
+        keep[empty, draw[empty].argmax(1)] = True
+    return keep
+
+
 def train_epoch(model: BindingModel, opt: torch.optim.Optimizer, loss_fn: BindingLoss, video: torch.Tensor,
                 audio: torch.Tensor, groups: torch.Tensor | None, *, batch_size: int, generator: torch.Generator,
                 lr_of_step: Callable[[int], float], first_step: int = 0, max_logit_scale: float = 100.0,
-                bar: tqdm | None = None) -> tuple[float, float]:
+                clip_dropout: float = 0.0, bar: tqdm | None = None) -> tuple[float, float]:
     """One pass over the pairs in a seeded random order, full batches only (the rest is dropped).
+
+    With `clip_dropout` > 0, `video` and `audio` are per-clip (n, clips, dim) and each step pools a random
+    subset of every item's clips (`clip_mask`, drawn from `generator` after the epoch's order).
     Returns (summed loss, last learning rate)."""
     model.train()
     n = len(video)
@@ -161,8 +196,14 @@ def train_epoch(model: BindingModel, opt: torch.optim.Optimizer, loss_fn: Bindin
         lr = lr_of_step(first_step + s)
         for group in opt.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        v_emb = model.encode_video(video.index_select(0, idx))
-        a_emb = model.encode_audio(audio.index_select(0, idx))
+        if clip_dropout > 0:
+            v_mask = clip_mask(len(idx), video.shape[1], clip_dropout, generator).to(video.device)
+            a_mask = clip_mask(len(idx), audio.shape[1], clip_dropout, generator).to(video.device)
+            v_emb = model.encode_video(video.index_select(0, idx), v_mask)
+            a_emb = model.encode_audio(audio.index_select(0, idx), a_mask)
+        else:
+            v_emb = model.encode_video(video.index_select(0, idx))
+            a_emb = model.encode_audio(audio.index_select(0, idx))
         loss = loss_fn(v_emb, a_emb, model.logit_scale.exp(), None if groups is None else groups.index_select(0, idx))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -149,6 +149,8 @@ class TrainConfig:
     hidden_dim: int = 1024  # MLP block width
     depth: int = 1  # residual MLP blocks
     dropout: float = 0.5  # in the MLP branch (residual) or blocks (mlp); docs/STAGE_TWO.md
+    clip_dropout: float = 0.0  # training only: each cached clip is left out of an item's pooled input with this
+    # probability (at least one stays), drawn anew every step; val, eval and serving pool all clips
     # optimisation
     batch_size: int = 256
     epochs: int = 50
@@ -160,6 +162,8 @@ class TrainConfig:
     # then from the same start with the branch (= branch_start "start"), whose best epoch replaces best.pt
     # once its val loss is below the linear run's lowest | plateau: the branch joins the linear map's best
     # epoch | start: the branch trains from the first step (one phase)
+    soup: bool = True  # rerun (without plateau_drops): also try one head that averages the two runs' best heads
+    # (before normalisation); it replaces best.pt when its val loss is below both runs' lowest
     plateau_drops: int = 0  # then that many phases from the best epoch at plateau_lr_factor x the learning rate
     plateau_lr_factor: float = 0.3
     weight_decay: float = 0.1  # AdamW; not applied to biases, LayerNorm gains, the pooling query, logit_scale

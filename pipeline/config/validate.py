@@ -94,7 +94,7 @@ def validate_stage_two(config) -> None:
     t: TrainConfig = config.train
     e: EvalConfig = config.eval
     _check(all(_finite(getattr(t, k)) for k in (
-        "val_fraction", "test_fraction", "dropout", "lr", "weight_decay", "warmup_epochs", "min_lr",
+        "val_fraction", "test_fraction", "dropout", "clip_dropout", "lr", "weight_decay", "warmup_epochs", "min_lr",
         "init_temperature", "max_logit_scale", "audio_dup_threshold", "branch_lr_scale", "plateau_lr_factor")),
         "train", "numbers must be finite (no nan or inf)")
     _check(0 <= t.val_fraction < 1, "train.val_fraction", f"must be in [0, 1), got {t.val_fraction}")
@@ -109,6 +109,7 @@ def validate_stage_two(config) -> None:
     _check(t.hidden_dim >= 1, "train.hidden_dim", f"must be >= 1, got {t.hidden_dim}")
     _check(t.depth >= 0, "train.depth", f"must be >= 0, got {t.depth}")
     _check(0 <= t.dropout < 1, "train.dropout", f"must be in [0, 1), got {t.dropout}")
+    _check(0 <= t.clip_dropout < 1, "train.clip_dropout", f"must be in [0, 1), got {t.clip_dropout}")
     _check(t.batch_size >= 2, "train.batch_size",
            f"must be >= 2 (a contrastive batch needs negatives), got {t.batch_size}")
     _check(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
