@@ -83,13 +83,20 @@ def time_matmuls(plan: list[tuple[int, int, int]], steps: int) -> float:
     return time.perf_counter() - t
 
 
-def bench_epoch(n: int, projector: str, max_steps: int | None, repeats: int) -> dict:
-    """Best of `repeats` (a busy shared machine only ever makes a run slower), epoch and floor interleaved."""
+def bench_epoch(n: int, projector: str, max_steps: int | None, repeats: int, clip_dropout: float = 0.0) -> dict:
+    """Best of `repeats` (a busy shared machine only ever makes a run slower), epoch and floor interleaved.
+
+    With `clip_dropout` the inputs are fp16 clips as cached (video 15, audio 3 per item) and every step pools
+    a random subset of them (`train.clip_dropout`); the GEMM floor is the same."""
     torch.manual_seed(0)
     model = BindingModel(spec_for(projector))
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.98), eps=1e-6, fused=True)
     loss_fn = BindingLoss()
     video, audio = unit_rows(n, 1024, 1), unit_rows(n, 1024, 2)
+    if clip_dropout:
+        g = torch.Generator().manual_seed(3)
+        video = (video[:, None] + 0.5 * torch.randn(n, 15, 1024, generator=g) / 32).half()
+        audio = (20 * audio[:, None] + 10 * torch.randn(n, 3, 1024, generator=g) / 32).half()
     groups = torch.arange(n)
     steps = n // BATCH
     timed_rows = n if max_steps is None or max_steps >= steps else max_steps * BATCH
@@ -97,18 +104,19 @@ def bench_epoch(n: int, projector: str, max_steps: int | None, repeats: int) -> 
     gen = torch.Generator().manual_seed(0)
     warm = 4 * BATCH
     train_epoch(model, opt, loss_fn, video[:warm], audio[:warm], groups[:warm], batch_size=BATCH, generator=gen,
-                lr_of_step=lambda i: 1e-3)
+                lr_of_step=lambda i: 1e-3, clip_dropout=clip_dropout)
     plan = matmul_plan(model, BATCH)
     epoch_times, floor_times = [], []
     for _ in range(repeats):
         t = time.perf_counter()
         train_epoch(model, opt, loss_fn, video[:timed_rows], audio[:timed_rows], groups[:timed_rows],
-                    batch_size=BATCH, generator=gen, lr_of_step=lambda i: 1e-3)
+                    batch_size=BATCH, generator=gen, lr_of_step=lambda i: 1e-3, clip_dropout=clip_dropout)
         epoch_times.append((time.perf_counter() - t) / timed_steps)
         floor_times.append(time_matmuls(plan, timed_steps) / timed_steps)
     step_s, mm_step_s = min(epoch_times), min(floor_times)
     flops = sum(2 * m * k * nn for m, k, nn in plan)
-    return {"pairs": n, "projector": projector, "steps": steps, "timed_steps": timed_steps, "repeats": repeats,
+    return {"pairs": n, "projector": projector, "clip_dropout": clip_dropout,
+            "steps": steps, "timed_steps": timed_steps, "repeats": repeats,
             "epoch_s": step_s * steps, "pairs_per_s": BATCH / step_s, "matmul_epoch_s": mm_step_s * steps,
             "overhead_ratio": step_s / mm_step_s, "gflop_per_step": flops / 1e9,
             "matmul_gflops": flops / mm_step_s / 1e9,
@@ -217,6 +225,8 @@ def main() -> None:
     ap.add_argument("--eval-dims-large", default="64",
                     help="embedding sizes for galleries over 10k (256 takes minutes: 2·n²·d flops)")
     ap.add_argument("--skip-epochs", action="store_true", help="only the eval (and cache) measurements")
+    ap.add_argument("--clip-dropout", default="0.5,0", help="train.clip_dropout values of the epoch measurements "
+                    "(0.5 is the default: fp16 clips pooled each step; 0: pooled inputs)")
     ap.add_argument("--skip-eval", action="store_true", help="only the epoch (and cache) measurements")
     ap.add_argument("--skip-cache", action="store_true", help="skip the HDF5 write/load measurement")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -236,13 +246,15 @@ def main() -> None:
     print(f"# stage-two benchmark ({os.cpu_count()}-core CPU, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; load average before {load_before[0]:.2f})\n", flush=True)
     for n in sizes if not args.skip_epochs else []:
-        for projector in (("residual", "mlp", "linear") if n <= 10000 else ("residual",)):
+        for projector, p in [(proj, float(p)) for proj in (("residual", "mlp", "linear") if n <= 10000 else
+                                                         ("residual",)) for p in args.clip_dropout.split(",")]:
             limit = None if args.full or n <= 10000 else args.steps_100k
-            r = bench_epoch(n, projector, limit, args.repeats)
+            r = bench_epoch(n, projector, limit, args.repeats, p)
             results["epochs"].append(r)
             note = "" if r["timed_steps"] == r["steps"] else f" (timed {r['timed_steps']} of {r['steps']} steps)"
             note += f" [best of {r['repeats']}]"
-            print(f"epoch  {n:>7} pairs  {projector:6s}  {r['epoch_s']:7.2f} s/epoch  {r['pairs_per_s']:8.0f} pairs/s  "
+            print(f"epoch  {n:>7} pairs  {projector:6s} clip_dropout {p:g}  {r['epoch_s']:7.2f} s/epoch  "
+                  f"{r['pairs_per_s']:8.0f} pairs/s  "
                   f"matmul-only {r['matmul_epoch_s']:7.2f} s  ratio {r['overhead_ratio']:.2f}x  "
                   f"({r['matmul_gflops']:.0f} GFLOP/s in GEMM){note}", flush=True)
     for n in sizes if not args.skip_eval else []:

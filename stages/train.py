@@ -43,7 +43,9 @@ from mvbind.pipeline.binding.runs import RunError, _read, claim_run_dir, find_ru
 from mvbind.pipeline.binding.splits import Split
 from mvbind.pipeline.binding.training import (
     _inputs,
+    available_memory,
     begin_phase,
+    clip_memory_error,
     encode,
     enter_phase,
     is_rerun,
@@ -63,6 +65,7 @@ from mvbind.pipeline.console import say
 
 # rerun with train.soup: the two runs' best epochs, which the soup averages
 LINEAR_BEST, RESIDUAL_BEST = "linear_best.pt", "residual_best.pt"
+SOUP_WEIGHTS = tuple(i / 8 for i in range(1, 8))  # the linear run's share; 0 and 1 are the runs themselves
 
 
 def train(config: Config, *, cache: str | None = None, name: str | None = None, overwrite: bool = False,
@@ -84,6 +87,8 @@ def train(config: Config, *, cache: str | None = None, name: str | None = None, 
         if run_dir.exists() and not overwrite:  # refuse before any work
             raise RunError(f"{run_dir} already exists; choose another --name or pass --overwrite to replace it")
         ns = select_namespace(config.cache_dir, prefix, config, say=notify)
+    if error := clip_memory_error(len(ns.committed_keys()), ns.audio_shape, ns.video_shape, t, available_memory()):
+        raise RunError(error)
     pairs = load_pairs(ns, keep_clips=t.pooling == "attention" or t.clip_dropout > 0)
     notify(f"cache {ns.fingerprint[:16]}: {len(pairs)} usable pairs")
     if note := skipped_note(pairs):
@@ -333,23 +338,32 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
         soup_record = None
         if soup and (run_dir / LINEAR_BEST).exists() and (run_dir / RESIDUAL_BEST).exists():
             lin, res = read_checkpoint(run_dir / LINEAR_BEST), read_checkpoint(run_dir / RESIDUAL_BEST)
-            model.load_state_dict(soup_state(lin["state_dict"], res["state_dict"]))
             enter_phase(model, opt, branch_groups, plan[1], t.branch_lr_scale)
+            losses = []  # the linear run's weight in the soup is the one with the lowest val loss
+            for w in SOUP_WEIGHTS:
+                model.load_state_dict(soup_state(lin["state_dict"], res["state_dict"], w))
+                ve, ae = encode(model, vv.to(device), va.to(device))
+                losses.append(val_loss(loss_fn, ve, ae, model.logit_scale.detach().exp(), val_groups_t, batch_size=bs))
+            weight = SOUP_WEIGHTS[losses.index(min(losses))]
+            model.load_state_dict(soup_state(lin["state_dict"], res["state_dict"], weight))
             ve, ae = encode(model, vv.to(device), va.to(device))
             r_v2m, r_m2v = retrieval_ranks(ve.cpu(), ae.cpu(), val_groups, chunk_mb=config.eval.chunk_mb)
             val = val_summary(r_v2m, r_m2v, ks)
             v_loss = val_loss(loss_fn, ve, ae, model.logit_scale.detach().exp(), val_groups_t, batch_size=bs)
             score = (val["video_to_music"][f"R@{select_k}"] + val["music_to_video"][f"R@{select_k}"]) / 2
             kept = v_loss < min(phase_losses)
-            soup_record = {"linear_epoch": lin["epoch"], "residual_epoch": res["epoch"], "val_loss": v_loss,
+            soup_record = {"linear_epoch": lin["epoch"], "residual_epoch": res["epoch"], "linear_weight": weight,
+                           "val_loss": v_loss, "val_loss_by_weight": dict(zip(map(str, SOUP_WEIGHTS), losses)),
                            "lowest_val_loss": phase_losses, f"val_r{select_k}_mean": score, "val": val,
                            "kept": kept}
             if kept:
                 best_score, best_epoch, best_val = score, res["epoch"], val
                 save_checkpoint(run_dir / "best.pt", model, fingerprint=pairs.fingerprint, epoch=res["epoch"],
                                 metrics={"val": val, "select": t.select_metric, "score": score, "soup": {
-                                    "linear_epoch": lin["epoch"], "residual_epoch": res["epoch"]}})
-            notify(f"soup of the linear run's epoch {lin['epoch']} and the residual run's epoch {res['epoch']}: "
+                                    "linear_epoch": lin["epoch"], "residual_epoch": res["epoch"],
+                                    "linear_weight": weight}})
+            notify(f"soup of the linear run's epoch {lin['epoch']} ({weight:g}) and the residual run's epoch "
+                   f"{res['epoch']} ({1 - weight:g}): "
                    f"val loss {v_loss:.4f} against the runs' lowest {', '.join(f'{x:.4f}' for x in phase_losses)}"
                    f" -> {'kept as best.pt' if kept else 'not kept'} (val R@{select_k} {score:.3f})")
         return {"run": run_dir.name, "fingerprint": pairs.fingerprint, "best_epoch": best_epoch,

@@ -114,9 +114,52 @@ def test_rerun_keeps_the_soup_only_when_its_val_loss_is_below_both_runs(planted,
     assert res["epoch"] == best2["epoch"]
     best = torch.load(run / "best.pt", weights_only=True)
     assert soup["kept"] == (soup["val_loss"] < min(lowest))
-    want = soup_state(lin["state_dict"], res["state_dict"])
+    # the weight is the one of 1/8 .. 7/8 with the lowest val loss
+    losses = soup["val_loss_by_weight"]
+    assert list(losses) == [str(i / 8) for i in range(1, 8)] and soup["val_loss"] == pytest.approx(min(losses.values()))
+    assert losses[str(soup["linear_weight"])] == min(losses.values())
+    want = soup_state(lin["state_dict"], res["state_dict"], soup["linear_weight"])
     is_soup = all(torch.equal(best["state_dict"][k], v) for k, v in want.items())
     assert is_soup == soup["kept"]
     if soup["kept"]:
-        assert best["metrics"]["soup"] == {"linear_epoch": lin["epoch"], "residual_epoch": res["epoch"]}
+        assert best["metrics"]["soup"] == {"linear_epoch": lin["epoch"], "residual_epoch": res["epoch"],
+                                           "linear_weight": soup["linear_weight"]}
         assert final["best_epoch"] == res["epoch"]
+
+
+def test_clips_that_do_not_fit_are_refused_in_one_line_naming_the_setting():
+    from types import SimpleNamespace
+
+    from mvbind.pipeline.binding.training import clip_memory_error
+
+    t = SimpleNamespace(pooling="mean", clip_dropout=0.5)
+    per_item = (3 * 1024 + 15 * 1024) * 2  # ImageBind's clips, fp16: 36 864 bytes
+    assert clip_memory_error(1000, (3, 1024), (15, 1024), t, 2 * 1000 * per_item) is None  # exactly half: fits
+    err = clip_memory_error(1_000_000, (3, 1024), (15, 1024), t, 24 * 2**30)
+    assert err is not None and "\n" not in err
+    assert err.startswith("train.clip_dropout = 0.5") and "36.9 GB for 1000000 items" in err
+    assert "set train.clip_dropout = 0" in err
+    attention = clip_memory_error(1_000_000, (3, 1024), (15, 1024), SimpleNamespace(pooling="attention",
+                                                                                     clip_dropout=0.0), 2**30)
+    assert attention is not None and 'train.pooling = "attention"' in attention
+    assert clip_memory_error(10**9, (3, 1024), (15, 1024), SimpleNamespace(pooling="mean", clip_dropout=0.0),
+                             2**30) is None  # pooled inputs: never refused
+    assert clip_memory_error(10**9, (3, 1024), (15, 1024), t, None) is None  # unknown: not refused
+
+
+def test_kernel_pooling_equals_the_masked_mean_pool():
+    from mvbind.pipeline.binding.fastops import masked_clip_sum
+
+    g = torch.Generator().manual_seed(3)
+    clips = (torch.randn(50, 15, 64, generator=g) * 3).half()
+    idx = torch.randperm(50, generator=g)[:20]
+    mask = clip_mask(20, 15, 0.5, g)
+    got = masked_clip_sum(clips, idx, mask)
+    want = (clips[idx].double() * mask[..., None]).sum(1)  # float64: exact for <= 15 fp16 terms
+    # float32 sums of <= 15 exactly converted fp16 terms of size <= ~15: error <= 15 · 2^-24 · Σ|x| < 2e-4
+    assert float((got.double() - want).abs().max()) < 2e-4
+    assert torch.equal(got, masked_clip_sum(clips, idx, mask))  # deterministic
+    pooled = torch.nn.functional.normalize(got, dim=-1)
+    assert torch.allclose(pooled, MeanPool()(clips[idx], mask), atol=1e-6)
+    torch_path = masked_clip_sum(clips.float(), idx, mask)  # not fp16: the torch fallback
+    assert float((torch_path.double() - want).abs().max()) < 2e-4

@@ -67,7 +67,7 @@ def kill_after(cmd: list[str], log, epochs: int, env: dict) -> None:
 # one, from the initial weights and reseeded random states; then two lower rates from best.pt) and end the run
 # soup: the rerun alone (the linear run, then the residual run), with clip dropout; the soup of the two runs' best
 # epochs is computed after the resumed run ends, from the files the killed one wrote
-PHASED = ["train.patience=2", "train.plateau_drops=2", "train.lr=0.003"]
+PHASED = ["train.patience=2", "train.plateau_drops=2", "train.lr=0.003", "train.clip_dropout=0"]
 SOUP = ["train.patience=2", "train.lr=0.01", "train.clip_dropout=0.5"]
 LR = {"epochs": 0.001, "phased": 0.003, "soup": 0.01}
 

@@ -136,3 +136,51 @@ class Dropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+# -- clip dropout's pooling ------------------------------------------------------------------------
+def _masked_clip_sum(clips, idx, mask, lut, out):
+    """out[b] = Σ_q mask[b, q] · clips[idx[b], q] in float32, clips in clip order; fp16 read as uint16 via `lut`."""
+    batch, count = mask.shape
+    dim = out.shape[1]
+    for b in range(batch):
+        acc = out[b]
+        for j in range(dim):
+            acc[j] = 0.0
+        row = idx[b]
+        for q in range(count):
+            if mask[b, q]:
+                src = clips[row, q]
+                for j in range(dim):
+                    acc[j] += lut[src[j]]
+
+
+_POOL = None
+
+
+def _pool_kernel():
+    global _POOL
+    if _POOL is None:
+        import numba
+
+        _POOL = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")(_masked_clip_sum)
+    return _POOL
+
+
+_HALF_TO_FLOAT = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32)  # every fp16, exactly
+
+
+def masked_clip_sum(clips: Tensor, idx: Tensor, mask: Tensor) -> Tensor:
+    """(B, dim) float32: for each b, the sum of clips[idx[b], q] over the q with mask[b, q] (clip order).
+
+    `clips` (n, count, dim) as cached (float16) stays where it is: only the kept clips of the B rows are read,
+    converted exactly (a table of all 65 536 fp16 values), and summed in float32, in one pass. Normalising the
+    result gives the mean pooling of the kept clips. CPU float16 takes that kernel; anything else gathers and
+    sums with torch (the same sums, possibly in another order).
+    """
+    if clips.device.type != "cpu" or clips.dtype != torch.float16 or not clips.is_contiguous():
+        return torch.bmm(mask.unsqueeze(1).float(), clips.index_select(0, idx).float()).squeeze(1)
+    out = torch.empty(len(idx), clips.shape[2], dtype=torch.float32)
+    _pool_kernel()(clips.view(torch.int16).numpy().view(np.uint16), idx.numpy(), mask.numpy(), _HALF_TO_FLOAT,
+                   out.numpy())
+    return out

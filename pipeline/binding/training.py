@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mvbind.pipeline.binding.fastops import l2_normalize, masked_clip_sum
 from mvbind.pipeline.binding.groups import MusicGroups, find_groups
 from mvbind.pipeline.binding.loss import BindingLoss
 from mvbind.pipeline.binding.metrics import summarize
@@ -84,6 +85,36 @@ def _inputs(pairs: PairSet, idx: np.ndarray, pooling: str, clips: bool = False) 
         return torch.from_numpy(pairs.video_clips[idx]), torch.from_numpy(pairs.audio_clips[idx])
     return (torch.from_numpy(np.ascontiguousarray(pairs.video[idx])),
             torch.from_numpy(np.ascontiguousarray(pairs.audio[idx])))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def clip_memory_error(items: int, audio_shape, video_shape, t, available: int | None) -> str | None:
+    """One line saying why the clips of `items` items can't be held in memory for training, or None.
+
+    Attention pooling and clip dropout read every item's fp16 clips (not their means) at every step; the load
+    briefly holds about twice that. More than half of the available memory is refused before anything loads."""
+    if not (t.pooling == "attention" or t.clip_dropout > 0) or available is None:
+        return None
+    need = items * (audio_shape[0] * audio_shape[1] + video_shape[0] * video_shape[1]) * 2
+    if need <= available / 2:
+        return None
+    if t.pooling == "attention":
+        why, fix = 'train.pooling = "attention"', 'set train.pooling = "mean" and train.clip_dropout = 0'
+    else:
+        why, fix = f"train.clip_dropout = {t.clip_dropout}", "set train.clip_dropout = 0 (training reads means)"
+    return (f"{why} keeps every item's clips in memory: {need / 1e9:.1f} GB for {items} items, more than half of the "
+            f"{available / 1e9:.1f} GB available; {fix}")
 
 
 def lr_at(step: int, *, base: float, floor: float, warmup: int, total: int) -> float:
@@ -199,8 +230,12 @@ def train_epoch(model: BindingModel, opt: torch.optim.Optimizer, loss_fn: Bindin
         if clip_dropout > 0:
             v_mask = clip_mask(len(idx), video.shape[1], clip_dropout, generator).to(video.device)
             a_mask = clip_mask(len(idx), audio.shape[1], clip_dropout, generator).to(video.device)
-            v_emb = model.encode_video(video.index_select(0, idx), v_mask)
-            a_emb = model.encode_audio(audio.index_select(0, idx), a_mask)
+            if model.spec.pooling == "mean":  # pool here, reading only the kept clips (the model takes (B, dim))
+                v_emb = model.encode_video(l2_normalize(masked_clip_sum(video, idx, v_mask)))
+                a_emb = model.encode_audio(l2_normalize(masked_clip_sum(audio, idx, a_mask)))
+            else:
+                v_emb = model.encode_video(video.index_select(0, idx), v_mask)
+                a_emb = model.encode_audio(audio.index_select(0, idx), a_mask)
         else:
             v_emb = model.encode_video(video.index_select(0, idx))
             a_emb = model.encode_audio(audio.index_select(0, idx))

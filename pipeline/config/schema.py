@@ -149,7 +149,7 @@ class TrainConfig:
     hidden_dim: int = 1024  # MLP block width
     depth: int = 1  # residual MLP blocks
     dropout: float = 0.5  # in the MLP branch (residual) or blocks (mlp); docs/STAGE_TWO.md
-    clip_dropout: float = 0.0  # training only: each cached clip is left out of an item's pooled input with this
+    clip_dropout: float = 0.5  # training only: each cached clip is left out of an item's pooled input with this
     # probability (at least one stays), drawn anew every step; val, eval and serving pool all clips
     # optimisation
     batch_size: int = 256
