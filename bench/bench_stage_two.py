@@ -194,8 +194,8 @@ def eval_worker(n: int, d: int, rev: str | None = None, repeats: int = 1) -> dic
 
 def bench_eval(n: int, d: int, rev: str | None = None, repeats: int = 1) -> dict:
     against = ["--against", rev] if rev else []
-    out = subprocess.run([sys.executable, __file__, "--eval-worker", str(n), str(d), *against, "--eval-repeats",
-                          str(repeats)], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "bench.bench_stage_two", "--eval-worker", str(n), str(d), *against,
+                          "--eval-repeats", str(repeats)], capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
