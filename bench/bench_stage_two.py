@@ -225,6 +225,8 @@ def main() -> None:
     ap.add_argument("--eval-dims-large", default="64",
                     help="embedding sizes for galleries over 10k (256 takes minutes: 2·n²·d flops)")
     ap.add_argument("--skip-epochs", action="store_true", help="only the eval (and cache) measurements")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for the epochs (0: torch's default, one "
+                    "per core; train.threads defaults to 1, which also lets clip pooling run ahead on a spare core)")
     ap.add_argument("--clip-dropout", default="0.5,0", help="train.clip_dropout values of the epoch measurements "
                     "(0.5 is the default: fp16 clips pooled each step; 0: pooled inputs)")
     ap.add_argument("--skip-eval", action="store_true", help="only the epoch (and cache) measurements")
@@ -239,6 +241,8 @@ def main() -> None:
         print(json.dumps(eval_worker(*args.eval_worker, rev=args.against, repeats=args.eval_repeats)))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     info = {"cpu_threads": torch.get_num_threads(), "cores": os.cpu_count(), "torch": torch.__version__,
             "batch": BATCH}

@@ -163,3 +163,52 @@ def test_kernel_pooling_equals_the_masked_mean_pool():
     assert torch.allclose(pooled, MeanPool()(clips[idx], mask), atol=1e-6)
     torch_path = masked_clip_sum(clips.float(), idx, mask)  # not fp16: the torch fallback
     assert float((torch_path.double() - want).abs().max()) < 2e-4
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_prefetched_pooling_trains_bit_for_bit_as_inline(pooling):
+    g = torch.Generator().manual_seed(0)
+    video = torch.randn(600, 15, 32, generator=g).half()
+    audio = (20 * torch.randn(600, 3, 24, generator=g)).half()
+    spec = ProjectorSpec(audio_dim=24, video_dim=32, audio_clips=3, video_clips=15, projector="residual",
+                         pooling=pooling, embed_dim=8, hidden_dim=16, dropout=0.3)
+    import os
+    import threading
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("prefetching needs a core beside torch's one thread")
+    results, threads_before, seen = [], torch.get_num_threads(), set()
+    torch.set_num_threads(1)  # train.threads' default: a core to spare, so the pooling runs ahead in a thread
+    original = torch.nn.functional.normalize
+
+    def normalize(*args, **kwargs):  # records which threads pool (it runs in the pooling step)
+        seen.add(threading.current_thread().name.split("_")[0])
+        return original(*args, **kwargs)
+
+    torch.nn.functional.normalize = normalize
+    try:
+        results = _train_twice(video, audio, spec)
+    finally:
+        torch.nn.functional.normalize = original
+        torch.set_num_threads(threads_before)
+    assert ("clip-pool" in seen) == (pooling == "mean")  # the mean pooling ran ahead in its thread
+    (la, sa, ga), (lb, sb, gb) = results
+    assert la == lb and torch.equal(ga, gb)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _train_twice(video, audio, spec):
+    from mvbind.pipeline.binding.loss import BindingLoss
+    from mvbind.pipeline.binding.projector import param_groups
+    from mvbind.pipeline.binding.training import train_epoch
+
+    results = []
+    for prefetch in (True, False):
+        torch.manual_seed(1)
+        model = BindingModel(spec)
+        opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-2)
+        gen = torch.Generator().manual_seed(2)
+        losses = [train_epoch(model, opt, BindingLoss(), video, audio, None, batch_size=64, generator=gen,
+                              lr_of_step=lambda i: 1e-2, clip_dropout=0.5, prefetch=prefetch)[0] for _ in range(2)]
+        results.append((losses, model.state_dict(), gen.get_state()))
+    return results

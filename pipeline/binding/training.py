@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,12 +208,15 @@ def clip_mask(batch: int, clips: int, p: float, generator: torch.Generator) -> t
 def train_epoch(model: BindingModel, opt: torch.optim.Optimizer, loss_fn: BindingLoss, video: torch.Tensor,
                 audio: torch.Tensor, groups: torch.Tensor | None, *, batch_size: int, generator: torch.Generator,
                 lr_of_step: Callable[[int], float], first_step: int = 0, max_logit_scale: float = 100.0,
-                clip_dropout: float = 0.0, bar: tqdm | None = None) -> tuple[float, float]:
+                clip_dropout: float = 0.0, prefetch: bool = True, bar: tqdm | None = None) -> tuple[float, float]:
     """One pass over the pairs in a seeded random order, full batches only (the rest is dropped).
 
     With `clip_dropout` > 0, `video` and `audio` are per-clip (n, clips, dim) and each step pools a random
-    subset of every item's clips (`clip_mask`, drawn from `generator` after the epoch's order).
-    Returns (summed loss, last learning rate)."""
+    subset of every item's clips (`clip_mask`, drawn from `generator` after the epoch's order, step by step).
+    With mean pooling on the CPU, `prefetch` and fewer torch threads than cores (`train.threads = 1`, the
+    default), the next step's pooling runs in a thread while this step trains (the numba kernel releases the
+    GIL); the masks are still drawn in step order on this thread, so the numbers are those of
+    `prefetch=False`, bit for bit. Returns (summed loss, last learning rate)."""
     model.train()
     n = len(video)
     steps = n // batch_size
@@ -220,33 +225,56 @@ def train_epoch(model: BindingModel, opt: torch.optim.Optimizer, loss_fn: Bindin
     if groups is not None and not bool((torch.bincount(groups) > 1).any()):
         groups = None
     order = torch.randperm(n, generator=generator).to(video.device)
+    pool_here = clip_dropout > 0 and model.spec.pooling == "mean"  # the model then takes (B, dim) inputs
+
+    def draw(s: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        idx = order[s * batch_size:(s + 1) * batch_size]
+        if clip_dropout <= 0:
+            return idx, None, None
+        return (idx, clip_mask(len(idx), video.shape[1], clip_dropout, generator).to(video.device),
+                clip_mask(len(idx), audio.shape[1], clip_dropout, generator).to(video.device))
+
+    def pooled(idx: torch.Tensor, v_mask: torch.Tensor, a_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (l2_normalize(masked_clip_sum(video, idx, v_mask)), l2_normalize(masked_clip_sum(audio, idx, a_mask)))
+
+    # only with a core to spare: beside torch's own threads on every core it slows both down
+    spare = torch.get_num_threads() < len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else False
+    pool = ThreadPoolExecutor(1, thread_name_prefix="clip-pool") if (
+        pool_here and prefetch and spare and video.device.type == "cpu" and steps > 1) else None
     loss_sum = torch.zeros((), device=video.device)
     lr = lr_of_step(first_step)
-    for s in range(steps):
-        idx = order[s * batch_size:(s + 1) * batch_size]
-        lr = lr_of_step(first_step + s)
-        for group in opt.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        if clip_dropout > 0:
-            v_mask = clip_mask(len(idx), video.shape[1], clip_dropout, generator).to(video.device)
-            a_mask = clip_mask(len(idx), audio.shape[1], clip_dropout, generator).to(video.device)
-            if model.spec.pooling == "mean":  # pool here, reading only the kept clips (the model takes (B, dim))
-                v_emb = model.encode_video(l2_normalize(masked_clip_sum(video, idx, v_mask)))
-                a_emb = model.encode_audio(l2_normalize(masked_clip_sum(audio, idx, a_mask)))
+    ahead = None  # the next step's (idx, masks, pooled inputs in the thread)
+    try:
+        for s in range(steps):
+            if ahead is None:
+                idx, v_mask, a_mask = draw(s)
+                ready = pool.submit(pooled, idx, v_mask, a_mask) if pool is not None else None
+            else:
+                idx, v_mask, a_mask, ready = ahead
+            if pool is not None and s + 1 < steps:
+                nxt = draw(s + 1)
+                ahead = (*nxt, pool.submit(pooled, *nxt))
+            lr = lr_of_step(first_step + s)
+            for group in opt.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            if pool_here:  # pooled from the kept clips only
+                xv, xa = ready.result() if ready is not None else pooled(idx, v_mask, a_mask)
+                v_emb, a_emb = model.encode_video(xv), model.encode_audio(xa)
             else:
                 v_emb = model.encode_video(video.index_select(0, idx), v_mask)
                 a_emb = model.encode_audio(audio.index_select(0, idx), a_mask)
-        else:
-            v_emb = model.encode_video(video.index_select(0, idx))
-            a_emb = model.encode_audio(audio.index_select(0, idx))
-        loss = loss_fn(v_emb, a_emb, model.logit_scale.exp(), None if groups is None else groups.index_select(0, idx))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        model.clamp_logit_scale(max_logit_scale)
-        loss_sum += loss.detach()
-        if bar is not None:
-            bar.update(1)
-            if s % 8 == 0 or s == steps - 1:
-                bar.set_postfix_str(f"loss {loss.item():.4f}", refresh=False)
+            loss = loss_fn(v_emb, a_emb, model.logit_scale.exp(),
+                           None if groups is None else groups.index_select(0, idx))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            model.clamp_logit_scale(max_logit_scale)
+            loss_sum += loss.detach()
+            if bar is not None:
+                bar.update(1)
+                if s % 8 == 0 or s == steps - 1:
+                    bar.set_postfix_str(f"loss {loss.item():.4f}", refresh=False)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return float(loss_sum), lr
