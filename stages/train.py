@@ -226,6 +226,8 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
         tv, ta = _inputs(pairs, train_idx, spec.pooling, clips=t.clip_dropout > 0)
         tg = torch.from_numpy(relabel(groups.labels[train_idx]))
         vv, va = _inputs(pairs, val_idx, spec.pooling)
+        if spec.pooling == "mean":  # the train split's copy is all that reads clips now: let the rest go
+            pairs.video_clips = pairs.audio_clips = None
         val_groups = relabel(groups.labels[val_idx])
         tv, ta, tg = tv.to(device), ta.to(device), tg.to(device)
         if not t.learn_temperature:
