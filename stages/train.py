@@ -10,6 +10,8 @@
         best.pt              the checkpoint with the best validation recall (weights-only loadable; with the
                              optimiser state while a later phase may start from it: training.phases)
         last.pt              the latest epoch's checkpoint plus the state `train --resume` continues from
+        linear_best.pt       rerun with train.soup: the linear run's and the residual run's best epochs, which the
+        residual_best.pt     soup averages (it replaces best.pt when its val loss is below both runs')
         final_metrics.json   written last: best epoch, its validation metrics, why training stopped
         curves.png           train/val loss, val recall and temperature per epoch
 
