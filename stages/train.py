@@ -228,6 +228,7 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
         tv, ta = _inputs(pairs, train_idx, spec.pooling, clips=t.clip_dropout > 0)
         tg = torch.from_numpy(relabel(groups.labels[train_idx]))
         vv, va = _inputs(pairs, val_idx, spec.pooling)
+        vv, va = vv.to(device), va.to(device)
         if spec.pooling == "mean":  # the train split's copy is all that reads clips now: let the rest go
             pairs.video_clips = pairs.audio_clips = None
         val_groups = relabel(groups.labels[val_idx])
@@ -264,6 +265,17 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
             " of its last phase's schedule" if origin() else "")
         log_path = run_dir / "metrics.jsonl"
         val_groups_t = torch.from_numpy(val_groups).to(device)
+
+        def embed_val() -> tuple[torch.Tensor, torch.Tensor, float]:
+            """The val split through the model as it is now: both embeddings and the val loss."""
+            ve, ae = encode(model, vv, va)
+            return ve, ae, val_loss(loss_fn, ve, ae, model.logit_scale.detach().exp(), val_groups_t, batch_size=bs)
+
+        def recall(ve: torch.Tensor, ae: torch.Tensor) -> tuple[dict, float]:
+            """Val recall both ways, and the selection score (mean R@K of the two directions)."""
+            r_v2m, r_m2v = retrieval_ranks(ve.cpu(), ae.cpu(), val_groups, chunk_mb=config.eval.chunk_mb)
+            val = val_summary(r_v2m, r_m2v, ks)
+            return val, (val["video_to_music"][f"R@{select_k}"] + val["music_to_video"][f"R@{select_k}"]) / 2
         t_start = time.perf_counter()
         epoch = start.epoch
         while not stopped and epoch < origin() + t.epochs:
@@ -281,11 +293,8 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
             if not math.isfinite(mean_loss):
                 bar.close()
                 raise RunError(f"training diverged at epoch {epoch} (loss {mean_loss}); lower train.lr (now {t.lr})")
-            ve, ae = encode(model, vv.to(device), va.to(device))
-            r_v2m, r_m2v = retrieval_ranks(ve.cpu(), ae.cpu(), val_groups, chunk_mb=config.eval.chunk_mb)
-            val = val_summary(r_v2m, r_m2v, ks)
-            v_loss = val_loss(loss_fn, ve, ae, model.logit_scale.detach().exp(), val_groups_t, batch_size=bs)
-            score = (val["video_to_music"][f"R@{select_k}"] + val["music_to_video"][f"R@{select_k}"]) / 2
+            ve, ae, v_loss = embed_val()
+            val, score = recall(ve, ae)
             key = (score, -v_loss)
             phase_losses[phase:] = [min(phase_losses[phase:] + [v_loss])]
             if phase and plan[phase].start == "init":
@@ -343,18 +352,16 @@ def _fit(config: Config, spec: ProjectorSpec, pairs: PairSet, groups: MusicGroup
         if soup and (run_dir / LINEAR_BEST).exists() and (run_dir / RESIDUAL_BEST).exists():
             lin, res = read_checkpoint(run_dir / LINEAR_BEST), read_checkpoint(run_dir / RESIDUAL_BEST)
             enter_phase(model, opt, branch_groups, plan[1], t.branch_lr_scale)
-            losses = []  # the linear run's weight in the soup is the one with the lowest val loss
+            losses, lowest = [], None  # the linear run's weight in the soup is the one with the lowest val loss
             for w in SOUP_WEIGHTS:
                 model.load_state_dict(soup_state(lin["state_dict"], res["state_dict"], w))
-                ve, ae = encode(model, vv.to(device), va.to(device))
-                losses.append(val_loss(loss_fn, ve, ae, model.logit_scale.detach().exp(), val_groups_t, batch_size=bs))
-            weight = SOUP_WEIGHTS[losses.index(min(losses))]
+                ve, ae, v_loss = embed_val()
+                losses.append(v_loss)
+                if lowest is None or v_loss < lowest[0]:
+                    lowest = (v_loss, w, ve, ae)
+            v_loss, weight, ve, ae = lowest
             model.load_state_dict(soup_state(lin["state_dict"], res["state_dict"], weight))
-            ve, ae = encode(model, vv.to(device), va.to(device))
-            r_v2m, r_m2v = retrieval_ranks(ve.cpu(), ae.cpu(), val_groups, chunk_mb=config.eval.chunk_mb)
-            val = val_summary(r_v2m, r_m2v, ks)
-            v_loss = val_loss(loss_fn, ve, ae, model.logit_scale.detach().exp(), val_groups_t, batch_size=bs)
-            score = (val["video_to_music"][f"R@{select_k}"] + val["music_to_video"][f"R@{select_k}"]) / 2
+            val, score = recall(ve, ae)
             kept = v_loss < min(phase_losses)
             soup_record = {"linear_epoch": lin["epoch"], "residual_epoch": res["epoch"], "linear_weight": weight,
                            "val_loss": v_loss, "val_loss_by_weight": dict(zip(map(str, SOUP_WEIGHTS), losses)),

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mvbind.pipeline.binding.fastops import masked_clip_sum
+
 
 def mean_pool(clips: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
     """(n, clips, dim) float16/32 -> (n, dim) float32 L2-normalised mean, in row chunks.
@@ -46,8 +48,8 @@ class MeanPool(nn.Module):
             return x
         if mask is None:
             return F.normalize(x.float().mean(dim=1), dim=-1)
-        summed = torch.bmm(mask.unsqueeze(1).float(), x.float()).squeeze(1)
-        return F.normalize(summed, dim=-1)
+        every_row = torch.arange(len(x), device=x.device)
+        return F.normalize(masked_clip_sum(x, every_row, mask), dim=-1)
 
 
 class AttentionPool(nn.Module):
